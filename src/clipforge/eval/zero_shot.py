@@ -1,0 +1,184 @@
+"""Zero-shot classification: ImageNet class names / prompt templates, classifier weights from prompts, accuracy.
+
+The class names and templates are open_clip's (``open_clip.zero_shot_metadata``: ``IMAGENET_CLASSNAMES``,
+``OPENAI_IMAGENET_TEMPLATES`` — the 80 prompts of OpenAI's notebook, also what LLM2CLIP's
+``imagenet_zeroshot_data.py`` lists — and ``SIMPLE_IMAGENET_TEMPLATES``, the 7-prompt subset). The classifier
+follows ``open_clip.zero_shot_classifier.build_zero_shot_classifier`` but takes any ``encode_text`` callable, so
+the same code serves CLIP text towers and LLM2CLIP's frozen-LLM + adapter path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "build_zero_shot_classifier",
+    "imagenet_classnames",
+    "imagenet_templates",
+    "zero_shot_accuracy",
+]
+
+Template = Callable[[str], str] | str
+
+
+@lru_cache(maxsize=1)
+def _open_clip_metadata() -> ModuleType:
+    """``open_clip.zero_shot_metadata`` without running ``open_clip/__init__.py``.
+
+    Importing the package builds its whole model zoo (timm, transformers: ~3.5 s after torch), while the metadata
+    file is plain tuples of strings and lambdas. If open_clip is already imported, its module is reused.
+    """
+    loaded = sys.modules.get("open_clip.zero_shot_metadata")
+    if loaded is not None:
+        return loaded
+    spec = importlib.util.find_spec("open_clip")  # locates the package without executing it
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "open_clip (open_clip_torch) is required for the ImageNet zero-shot metadata"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "zero_shot_metadata.py"
+    file_spec = importlib.util.spec_from_file_location("_clipforge_open_clip_zero_shot_metadata", path)
+    if file_spec is None or file_spec.loader is None:
+        raise ModuleNotFoundError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(file_spec)
+    file_spec.loader.exec_module(module)
+    return module
+
+
+def imagenet_classnames() -> list[str]:
+    """The 1000 ImageNet-1k class names in label order (open_clip's ``IMAGENET_CLASSNAMES``).
+
+    Returns:
+        A new list of 1000 strings.
+    """
+    return list(_open_clip_metadata().IMAGENET_CLASSNAMES)
+
+
+def imagenet_templates(kind: Literal["openai", "simple"] = "openai") -> list[Callable[[str], str]]:
+    """ImageNet prompt templates as callables ``classname -> prompt``.
+
+    Args:
+        kind: ``"openai"`` — the 80 templates of OpenAI's prompt-engineering notebook
+            (``OPENAI_IMAGENET_TEMPLATES``, used by CLIP, open_clip and LLM2CLIP); ``"simple"`` — the 7-template
+            subset (``SIMPLE_IMAGENET_TEMPLATES``).
+
+    Returns:
+        A new list of callables.
+
+    Raises:
+        ValueError: for an unknown ``kind``.
+    """
+    meta = _open_clip_metadata()
+    if kind == "openai":
+        return list(meta.OPENAI_IMAGENET_TEMPLATES)
+    if kind == "simple":
+        return list(meta.SIMPLE_IMAGENET_TEMPLATES)
+    raise ValueError(f"kind must be 'openai' or 'simple', got {kind!r}")
+
+
+def _render(template: Template, classname: str) -> str:
+    if isinstance(template, str):
+        return template.format(classname, c=classname)  # accepts "{}" and "{c}" placeholders
+    return template(classname)
+
+
+@torch.no_grad()
+def build_zero_shot_classifier(
+    encode_text: Callable[[list[str]], Tensor],
+    classnames: Sequence[str],
+    templates: Sequence[Template],
+    batch_size: int = 256,
+    normalize: bool = True,
+) -> Tensor:
+    """Classifier weights from prompts: per class, average the template embeddings and renormalise.
+
+    For class ``c`` with prompts ``p_1..p_T``: ``w_c = normalize(mean_j f(e(p_j))))`` with ``f`` = L2
+    normalisation when ``normalize`` (open_clip's ``encode_text(normalize=True)`` followed by mean and renorm;
+    LLM2CLIP's "adapter → L2-norm → mean over templates → renorm") and the identity otherwise (use it when
+    ``encode_text`` already normalises, or to average raw embeddings). The final renormalisation always happens.
+
+    Args:
+        encode_text: maps a list of prompts to ``(len(prompts), D)`` embeddings (tokenisation included).
+        classnames: class names in label order.
+        templates: callables ``classname -> prompt`` or format strings with ``{}`` or ``{c}``.
+        batch_size: prompts per ``encode_text`` call (prompts are class-major: class 0's templates first).
+        normalize: L2-normalise each prompt embedding before averaging.
+
+    Returns:
+        ``(D, C)`` float32 weights with unit-norm columns (logits = ``image_features @ weights``).
+
+    Raises:
+        ValueError: on empty class names / templates, ``batch_size < 1`` or a wrongly shaped encoder output.
+    """
+    if not classnames or not templates:
+        raise ValueError("need at least one class name and one template")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    prompts = [_render(t, c) for c in classnames for t in templates]
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        emb = encode_text(batch)
+        if emb.ndim != 2 or emb.shape[0] != len(batch):
+            raise ValueError(f"encode_text returned shape {tuple(emb.shape)} for {len(batch)} prompts")
+        emb = emb.detach().float()
+        chunks.append(F.normalize(emb, dim=-1) if normalize else emb)
+    per_prompt = torch.cat(chunks).reshape(len(classnames), len(templates), -1)
+    return F.normalize(per_prompt.mean(dim=1), dim=-1).T.contiguous()
+
+
+@torch.no_grad()
+def zero_shot_accuracy(
+    image_features: Tensor,
+    classifier: Tensor,
+    labels: Tensor,
+    topk: Sequence[int] = (1, 5),
+    chunk_size: int = 4096,
+) -> dict[str, float]:
+    """Top-k accuracy (percent) of ``image_features @ classifier`` against ``labels``.
+
+    A prediction is correct at ``k`` when fewer than ``k`` classes score *strictly* higher than the true class
+    (the retrieval metrics' tie convention; identical to ``logits.topk(k)`` membership when there are no ties).
+    ``k`` larger than the number of classes is clamped (always 100 %), the key keeps the requested ``k``.
+
+    Args:
+        image_features: ``(N, D)`` image embeddings (L2-normalised; a positive logit scale would not change ranks).
+        classifier: ``(D, C)`` weights from :func:`build_zero_shot_classifier`.
+        labels: ``(N,)`` integer class indices.
+        topk: cut-offs.
+        chunk_size: images scored at once.
+
+    Returns:
+        ``{"top1": ..., "top5": ...}`` (one ``top{k}`` per requested ``k``).
+
+    Raises:
+        ValueError: on mismatched shapes, ``k < 1`` or labels outside ``[0, C)``.
+    """
+    n, num_classes = image_features.shape[0], classifier.shape[1]
+    if image_features.ndim != 2 or classifier.ndim != 2 or image_features.shape[1] != classifier.shape[0]:
+        raise ValueError(f"shapes do not match: {tuple(image_features.shape)} @ {tuple(classifier.shape)}")
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+    if any(k < 1 for k in topk):
+        raise ValueError(f"topk must be >= 1, got {tuple(topk)}")
+    device = image_features.device
+    labels = labels.to(device=device, dtype=torch.long)
+    if n and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes})")
+    weights = classifier.to(device).float()
+    ranks = torch.empty(n, dtype=torch.long, device=device)
+    for start in range(0, n, chunk_size):
+        logits = image_features[start : start + chunk_size].float() @ weights
+        true = logits.gather(1, labels[start : start + chunk_size, None])
+        ranks[start : start + chunk_size] = (logits > true).sum(1)
+    return {f"top{k}": 100.0 * int((ranks < min(k, num_classes)).sum()) / max(n, 1) for k in topk}
