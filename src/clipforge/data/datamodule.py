@@ -1,0 +1,250 @@
+"""``ImageTextDataModule``: the shared, model-agnostic datamodule of every stage (STYLE §4.7)."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import math
+from collections.abc import Callable, Mapping
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from clipforge.data.collate import ImageTextCollator, Tokenizer
+from clipforge.data.dataset import CAPTION_SAMPLING, ImageTextDataset
+from clipforge.data.errors import DataConfigError
+from clipforge.data.images import DEFAULT_MAX_PIXELS
+from clipforge.data.readers import read_source, select
+from clipforge.data.records import ErrorRecord
+from clipforge.data.sampler import EpochSampler
+from clipforge.data.specs import DatasetSpec, as_spec, as_spec_list, as_spec_or_list, is_empty_slot
+
+log = logging.getLogger("clipforge.data")
+
+SPLITS = ("train", "val", "test", "predict")
+_STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+
+
+def per_device_batch_size(global_batch_size: int, world_size: int) -> int:
+    """Per-device batch of a global batch; contrastive results depend on the global number, so it must divide."""
+    if world_size < 1 or global_batch_size % world_size:
+        raise ValueError(
+            f"data.batch_size={global_batch_size} is the global batch size; it must be divisible by the world "
+            f"size ({world_size})"
+        )
+    return global_batch_size // world_size
+
+
+class ImageTextDataModule(L.LightningDataModule):
+    """Image-text (or caption-only) data for training, evaluation and prediction.
+
+    The tokenizer and image transforms come from the model at ``setup()`` (``lightning_module.tokenizer`` and
+    ``lightning_module.image_transform(train)``) unless :meth:`connect` supplied them. Train batches carry one
+    sampled caption per image (shuffled, ``drop_last``); val/test/predict batches carry every caption
+    (``captions`` + ``caption_image_index``) in order and keep the last partial batch. The caption-sampling epoch
+    reaches the workers through :class:`~clipforge.data.sampler.EpochSampler`, which Lightning ``set_epoch``-s
+    every epoch. Index-time errors are kept in ``index_errors`` (and per split in ``index_errors_by_split``).
+
+    Args:
+        train: training source.
+        val: validation source(s); one spec, a list, or ``None``. ``{path: ""}`` is an empty slot.
+        test: test source(s), like ``val``.
+        predict: prediction source (records without captions are kept).
+        batch_size: GLOBAL training batch size; per device = ``batch_size // world_size``.
+        eval_batch_size: global evaluation batch size (default ``batch_size``; rounded up per device).
+        num_workers: dataloader worker processes.
+        caption_sampling: ``random_one`` (a new caption of the image each epoch) or ``first``.
+        max_caption_chars: longer captions are dropped (``caption_too_long``).
+        max_image_pixels: larger images are errors (``too_many_pixels``).
+        seed: seed of shuffling and caption sampling.
+        pin_memory: pin host memory of batches.
+        persistent_workers: keep workers alive across epochs (only with ``num_workers > 0``).
+        drop_last: drop the last incomplete training batch (kept anyway when the set is smaller than one batch).
+        holdout_fraction: when ``val`` is empty, hold out this fraction of ``train`` keys as validation set.
+    """
+
+    def __init__(
+        self,
+        train: DatasetSpec | Mapping | None = None,
+        val: DatasetSpec | Mapping | list[DatasetSpec | Mapping] | None = None,
+        test: DatasetSpec | Mapping | list[DatasetSpec | Mapping] | None = None,
+        predict: DatasetSpec | Mapping | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        caption_sampling: str = "random_one",
+        max_caption_chars: int = 2000,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
+        seed: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        drop_last: bool = True,
+        holdout_fraction: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if caption_sampling not in CAPTION_SAMPLING:
+            raise ValueError(f"caption_sampling={caption_sampling!r} is not one of {CAPTION_SAMPLING}")
+        # normalised before save_hyperparameters, so Hydra (dicts) and jsonargparse (dataclasses) save the same
+        train, val, test, predict = (
+            as_spec(train),
+            as_spec_or_list(val),
+            as_spec_or_list(test),
+            as_spec(predict),
+        )
+        self.save_hyperparameters(logger=False)
+        self.specs = {k: as_spec_list(v) for k, v in zip(SPLITS, (train, val, test, predict))}
+        self.tokenizer: Tokenizer | None = None
+        self.transforms: dict[bool, Callable | None] = {True: None, False: None}
+        self._connected = False
+        self.datasets: dict[str, list[ImageTextDataset]] = {}
+        self.index_errors: list[ErrorRecord] = []
+        self.index_errors_by_split: dict[str, list[ErrorRecord]] = {}
+        self.batch_size_per_device = batch_size
+        self._cache: dict[tuple, tuple] = {}
+
+    # -- wiring -----------------------------------------------------------------------------------------------
+    def connect(
+        self,
+        tokenizer: Tokenizer | None = None,
+        image_transform: Callable | None = None,
+        eval_image_transform: Callable | None = None,
+    ) -> None:
+        """Supply the tokenizer and ``PIL -> Tensor`` transforms directly (notebooks, tests), instead of the model's.
+
+        Args:
+            tokenizer: ``list[str] -> {"input_ids", "attention_mask"}``.
+            image_transform: training transform (also used for evaluation unless ``eval_image_transform``).
+            eval_image_transform: evaluation / prediction transform.
+        """
+        self.tokenizer, self._connected = tokenizer, True
+        self.transforms = {True: image_transform, False: eval_image_transform or image_transform}
+        for split, datasets in self.datasets.items():
+            for ds in datasets:
+                ds.image_transform = self.transforms[split == "train"] or ds.image_transform
+
+    def _bind_model(self) -> None:
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        if self._connected or module is None:
+            return
+        self.tokenizer = getattr(module, "tokenizer", None)
+        if callable(getattr(module, "image_transform", None)):
+            self.transforms = {True: module.image_transform(True), False: module.image_transform(False)}
+
+    @property
+    def world(self) -> tuple[int, int]:
+        """``(world_size, global_rank)`` of the attached trainer, ``(1, 0)`` without one."""
+        return (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+
+    @property
+    def has_test(self) -> bool:
+        """Whether a test set is configured (entry points then test instead of validate)."""
+        return any(not is_empty_slot(s) for s in self.specs["test"])
+
+    def eval_names(self, stage: str = "val") -> list[str]:
+        """Names of the ``val`` or ``test`` sets in dataloader order (for metric keys)."""
+        return [s.display_name for s in self.split_specs(stage)]
+
+    # -- reading ----------------------------------------------------------------------------------------------
+    def split_specs(self, split: str) -> list[DatasetSpec]:
+        """The specs a split reads, with ``holdout_fraction`` applied (empty ``val`` -> held-out train keys)."""
+        train = self.specs["train"][0] if self.specs["train"] else None
+        frac = self.hparams.holdout_fraction
+        holdout = frac > 0 and train is not None and all(is_empty_slot(s) for s in self.specs["val"])
+        if holdout and train.split is None:
+            train = dataclasses.replace(train, split="train", val_fraction=frac)
+        if split == "train":
+            return [train] if train is not None else []
+        if split == "val" and holdout:
+            return [dataclasses.replace(train, split="val")]
+        return [s for s in self.specs[split] if not is_empty_slot(s)]
+
+    def _read(self, spec: DatasetSpec, where: str, require_captions: bool) -> tuple[list, list]:
+        source = dataclasses.replace(
+            spec, split=None, val_fraction=0.0, split_seed=0, val_keys=None, name=None
+        )
+        cache_key = (repr(source), require_captions)
+        if cache_key not in self._cache:  # held-out val shares train's source: read once
+            self._cache[cache_key] = read_source(
+                source, self.hparams.max_caption_chars, require_captions, where
+            )
+        records, errors = self._cache[cache_key]
+        return select(records, errors, spec)
+
+    def _build(self, split: str, index: int, spec: DatasetSpec, many: bool) -> ImageTextDataset:
+        where, hp, train = f"data.{split}" + (f"[{index}]" if many else ""), self.hparams, split == "train"
+        records, errors = self._read(spec, where, require_captions=split != "predict")
+        counts = collections.Counter(e.reason for e in errors).most_common(5)
+        summary = f"{len(errors)} errors ({', '.join(f'{r}: {n}' for r, n in counts) or 'none'})"
+        if not records:
+            raise DataConfigError(
+                f"{where}: no usable rows in {spec.path or spec.format} (split={spec.split}, "
+                f"val_fraction={spec.val_fraction}); {summary}"
+            )
+        self.index_errors.extend(errors)
+        self.index_errors_by_split.setdefault(split, []).extend(errors)
+        n_captions = sum(len(r.captions) for r in records)
+        log.info(
+            "%s (%s): %d rows, %d captions, %s", where, spec.display_name, len(records), n_captions, summary
+        )
+        sampling = hp.caption_sampling if train else "first"
+        options = dict(all_captions=not train, text_only=spec.text_only, max_image_pixels=hp.max_image_pixels)
+        return ImageTextDataset(records, self.transforms[train], sampling, hp.seed, **options)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Bind the model's tokenizer/transforms and read the splits ``stage`` needs (each only once)."""
+        self._bind_model()
+        self.batch_size_per_device = per_device_batch_size(self.hparams.batch_size, self.world[0])
+        for split in _STAGE_SPLITS.get(stage or "", SPLITS):
+            if split not in self.datasets:
+                specs = self.split_specs(split)
+                self.datasets[split] = [self._build(split, i, s, len(specs) > 1) for i, s in enumerate(specs)]
+
+    # -- loaders ----------------------------------------------------------------------------------------------
+    def _datasets(self, split: str) -> list[ImageTextDataset]:
+        if split not in self.datasets:
+            self.setup({"train": "fit", "val": "validate"}.get(split, split))
+        return self.datasets[split]
+
+    def _loader_args(self, all_captions: bool) -> dict:
+        workers = self.hparams.num_workers
+        return {
+            "num_workers": workers,
+            "pin_memory": self.hparams.pin_memory,
+            "persistent_workers": self.hparams.persistent_workers and workers > 0,
+            "collate_fn": ImageTextCollator(self.tokenizer, all_captions=all_captions),
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        datasets = self._datasets("train")
+        if not datasets:
+            raise DataConfigError("data.train: no training set configured")
+        dataset, (world, rank) = datasets[0], self.world
+        bs, drop_last = self.batch_size_per_device, self.hparams.drop_last
+        if drop_last and math.ceil(len(dataset) / world) < bs:
+            log.warning(
+                "data.train: %d rows per device < batch %d; keeping the partial batch", len(dataset), bs
+            )
+            drop_last = False
+        sampler = EpochSampler(dataset, world, rank, shuffle=True, seed=self.hparams.seed)
+        return DataLoader(
+            dataset, batch_size=bs, sampler=sampler, drop_last=drop_last, **self._loader_args(False)
+        )
+
+    def _eval_loaders(self, split: str) -> DataLoader | list[DataLoader]:
+        world = self.world[0]
+        bs = max(1, math.ceil((self.hparams.eval_batch_size or self.hparams.batch_size) / world))
+        loaders = [
+            DataLoader(ds, batch_size=bs, shuffle=False, drop_last=False, **self._loader_args(True))
+            for ds in self._datasets(split)
+        ]
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        return self._eval_loaders("val")
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        return self._eval_loaders("test")
+
+    def predict_dataloader(self) -> DataLoader | list[DataLoader]:
+        return self._eval_loaders("predict")

@@ -1,0 +1,67 @@
+"""Deterministic split by key: stable across spec objects and machines, disjoint, complete, honours the fraction."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+from clipforge.data.readers import read_records
+from clipforge.data.specs import DatasetSpec
+from clipforge.data.split import key_fraction, side_of
+from tests.unit.test_data_fixtures import COCO_TEXT
+
+
+def test_key_fraction_is_a_fixed_function():
+    # golden values: sha1("0:790") -> these numbers on every machine and Python version
+    assert key_fraction("790", 0) == pytest.approx(0.2595815982204605, abs=1e-15)
+    assert key_fraction("790", 1) == pytest.approx(0.606925253250497, abs=1e-15)
+    assert side_of("790", DatasetSpec(val_fraction=0.3)) == "val"
+    assert side_of("790", DatasetSpec(val_fraction=0.25)) == "train"
+
+
+def _keys(spec: DatasetSpec) -> list[str]:
+    return [r.key for r in read_records(spec)[0]]
+
+
+def test_split_on_synthetic_rows():
+    base = dict(path="synthetic", limit=500, val_fraction=0.2, split_seed=3)
+    val = _keys(DatasetSpec(**base, split="val"))
+    train = _keys(DatasetSpec(**base, split="train"))
+    assert not set(val) & set(train) and len(val) + len(train) == 500
+    assert val == _keys(DatasetSpec(**base, split="val"))  # a second spec object gives the same keys
+    assert 60 <= len(val) <= 140
+    other_seed = _keys(DatasetSpec(**{**base, "split_seed": 4}, split="val"))
+    assert other_seed != val
+
+
+def test_explicit_val_keys():
+    spec = DatasetSpec(
+        path="synthetic", limit=10, split="val", val_keys=["synthetic_00002", "synthetic_00007"]
+    )
+    assert _keys(spec) == ["synthetic_00002", "synthetic_00007"]
+    train = _keys(dataclasses.replace(spec, split="train"))
+    assert len(train) == 8 and "synthetic_00002" not in train
+
+
+def test_limit_applies_after_split(tmp_path):
+    rows = [{"image": f"{i:03d}.jpg", "caption": f"caption {i}"} for i in range(50)]
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    base = dict(path=str(tmp_path / "d.json"), split="train", val_fraction=0.5)
+    train = _keys(DatasetSpec(**base))
+    assert 10 < len(train) < 40
+    assert _keys(DatasetSpec(**base, limit=5)) == train[:5]
+
+
+@pytest.mark.skipif(not os.path.isdir("/work/shared/data"), reason="/work/shared/data is absent")
+def test_split_on_4000_text_groups():
+    base = dict(path=COCO_TEXT, text_only=True, val_fraction=0.1, split_seed=0)
+    val = _keys(DatasetSpec(**base, split="val"))
+    train = _keys(DatasetSpec(**base, split="train"))
+    everything = _keys(DatasetSpec(**base))
+    assert len(everything) == 4000
+    assert not set(val) & set(train) and sorted(val + train) == sorted(everything)
+    assert abs(len(val) / 4000 - 0.1) < 0.015
+    assert val == _keys(DatasetSpec(**base, split="val"))
