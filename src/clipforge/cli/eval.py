@@ -1,0 +1,39 @@
+"""``clipforge-eval``: evaluate a checkpoint on any dataset the data layer reads.
+
+    clipforge-eval experiment=demo_clip ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt \\
+        data.val.path=coco_val.json data.val.image_root=images/
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from clipforge.cli.train import build
+from clipforge.utils.hydra import CONF_DIR
+from clipforge.utils.task import flat_metrics, print_metrics, task_wrapper, write_metrics, write_run_files
+
+
+@task_wrapper
+def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
+    """Validate (or test, when ``data.test`` is set) ``cfg.ckpt_path``; write ``metrics.json``."""
+    write_run_files(cfg, cfg.paths.output_dir)
+    objects = build(cfg)
+    trainer, model, datamodule = objects["trainer"], objects["model"], objects["datamodule"]
+    stage = "test" if getattr(datamodule, "has_test", False) else "validate"
+    metrics: dict[str, float] = {}
+    for r in getattr(trainer, stage)(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=False):
+        metrics.update(flat_metrics(r))
+    if trainer.is_global_zero:
+        write_metrics(metrics, cfg.paths.output_dir)
+        print_metrics(metrics, f"{stage} metrics ({cfg.ckpt_path})", pattern="retrieval/")
+    return metrics, objects
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""``clipforge-generate``: predict-style jobs (embedding export now; captioning, scoring, caching per stage).
+
+    clipforge-generate experiment=demo_clip ckpt_path=<run>/checkpoints/last.ckpt data.predict.path=coco.json
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from clipforge.cli.train import build
+from clipforge.utils.hydra import CONF_DIR
+from clipforge.utils.task import task_wrapper, write_run_files
+
+
+@task_wrapper
+def generate(cfg: DictConfig) -> tuple[dict, dict]:
+    """Run ``trainer.predict`` over ``data.predict``; the prediction writer callback writes the outputs."""
+    write_run_files(cfg, cfg.paths.output_dir)
+    objects = build(cfg)
+    objects["trainer"].predict(
+        objects["model"], datamodule=objects["datamodule"], ckpt_path=cfg.get("ckpt_path"), return_predictions=False,
+        weights_only=False,
+    )
+    return {}, objects
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
+def main(cfg: DictConfig) -> None:
+    generate(cfg)
+
+
+if __name__ == "__main__":
+    main()

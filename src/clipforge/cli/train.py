@@ -1,0 +1,76 @@
+"""``clipforge-train``: fit a LightningModule on a datamodule, then evaluate the best checkpoint.
+
+    clipforge-train                                   # experiment=demo_clip on the embedded demo photos
+    clipforge-train experiment=demo_clip data.train.path=coco.json data.train.image_root=images/
+    clipforge-train -m 'model/loss=clip,siglip' seed=0,1
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from clipforge.utils.hydra import CONF_DIR, instantiate_dict
+# Checkpoints hold hparams with tower specs and optimizer builders (pickled objects), so they load with
+# weights_only=False: load checkpoints you or your runs wrote, not untrusted files.
+from clipforge.utils.task import (
+    flat_metrics,
+    log_hyperparameters,
+    print_metrics,
+    task_wrapper,
+    write_metrics,
+    write_run_files,
+)
+
+log = logging.getLogger("clipforge")
+
+
+def build(cfg: DictConfig) -> dict:
+    """Instantiate datamodule, model, callbacks, loggers and trainer from a composed config."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    model = instantiate(cfg.model, _convert_="all")
+    callbacks = instantiate_dict(cfg.get("callbacks"), "callback")
+    loggers = instantiate_dict(cfg.get("logger"), "logger")
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
+    return {"datamodule": datamodule, "model": model, "callbacks": callbacks, "loggers": loggers, "trainer": trainer}
+
+
+@task_wrapper
+def train(cfg: DictConfig) -> tuple[dict, dict]:
+    """Fit, then validate (or test, when ``data.test`` is set) the best checkpoint; write ``metrics.json``."""
+    out_dir = cfg.paths.output_dir
+    write_run_files(cfg, out_dir)
+    objects = build(cfg)
+    model, datamodule, trainer = objects["model"], objects["datamodule"], objects["trainer"]
+    log_hyperparameters(trainer, cfg)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
+    metrics = flat_metrics(trainer.callback_metrics)
+    if cfg.get("evaluate", True) and not trainer.fast_dev_run:
+        ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
+        stage = "test" if getattr(datamodule, "has_test", False) else "validate"
+        log.info("evaluating %s (%s)", ckpt or "the final weights", stage)
+        results = getattr(trainer, stage)(model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=False)
+        for r in results:
+            metrics.update(flat_metrics(r))
+    if trainer.is_global_zero:
+        write_metrics(metrics, out_dir)
+        print_metrics(metrics, f"final metrics ({out_dir})", pattern="retrieval/")
+    return metrics, objects
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns ``cfg.optimized_metric`` for sweepers."""
+    metrics, _ = train(cfg)
+    name = cfg.get("optimized_metric")
+    return metrics.get(name) if name else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""CLIPModule: contrastive image-text training (CLIP / SigLIP / LiT) over any vision and text tower."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from clipforge.models.heads import HeadSpec, as_head_spec, build_head
+from clipforge.models.text import TextTower
+from clipforge.models.trainable import TrainableSpec, apply_trainable, as_trainable
+from clipforge.models.vision import VisionTower
+from clipforge.tasks.retrieval import RetrievalAccumulator
+from clipforge.utils.optim import param_groups, resolve_scheduler
+
+
+class CLIPModule(L.LightningModule):
+    """Two towers, two projection heads and a contrastive loss with a global negative pool.
+
+    Batch keys: ``image`` (B,3,H,W), ``text`` ({input_ids, attention_mask}), ``key`` (B sample keys); evaluation
+    batches add ``caption_image_index`` (one entry per caption, every caption of every image is embedded).
+    Logged: ``train/contrastive_loss``, ``train/logit_scale``, ``train/global_batch_size``;
+    ``{val,test}/retrieval/<dataset>/{i2t,t2i}_R@{1,5,10}`` and ``{val,test}/rsum`` (first dataset, for
+    checkpoint monitoring). Trainable parts: the heads, the loss's scale (and bias), and each tower unless
+    ``trainable`` freezes it; frozen towers run in eval mode without gradients.
+
+    Args:
+        vision: image tower spec (built in ``configure_model``).
+        text: text tower spec (its tokenizer is handed to the datamodule).
+        loss: contrastive loss module returning ``*_loss`` terms (``ClipLoss`` or ``SigLipLoss``).
+        optimizer: optimizer builder, applied to parameter groups (no weight decay on norms, biases, scales).
+        scheduler: optional LR-scheduler builder, stepped every optimizer step.
+        embed_dim: width of the shared embedding space.
+        vision_head: projection head of the image tower.
+        text_head: projection head of the text tower.
+        trainable: ``{vision, text}`` each ``frozen`` or ``full``.
+        cache_frozen_features: memoise a frozen tower's outputs by sample key (images, when the training transform
+            is deterministic) and by caption string (text); later epochs then skip the frozen towers entirely.
+            Memory grows with the dataset: meant for LiT-style runs on small and medium sets.
+    """
+
+    def __init__(
+        self,
+        vision: VisionTower,
+        text: TextTower,
+        loss: nn.Module,
+        optimizer: OptimizerCallable,
+        scheduler: LRSchedulerCallable | None = None,
+        embed_dim: int = 256,
+        vision_head: HeadSpec | Mapping | None = None,
+        text_head: HeadSpec | Mapping | None = None,
+        trainable: TrainableSpec | Mapping | None = None,
+        cache_frozen_features: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.vision_spec, self.text_spec, self.loss = vision, text, loss
+        self.trainable = as_trainable(trainable)
+        self.vision_tower: nn.Module | None = None
+        self.text_tower: nn.Module | None = None
+        self._tokenizer = None
+        self._cache: dict[tuple, torch.Tensor] = {}
+        self._accumulators: dict[int, RetrievalAccumulator] = {}
+
+    # -- data-side contract -------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        """Callable ``list[str] -> {input_ids, attention_mask}`` used by the datamodule's collator."""
+        if self._tokenizer is None:
+            self._tokenizer = self.text_spec.tokenizer()
+        return self._tokenizer
+
+    def image_transform(self, train: bool):
+        """PIL -> tensor transform of the vision tower, for training or evaluation."""
+        return self.vision_spec.image_transform(train)
+
+    # -- model ----------------------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.vision_tower is not None:
+            return
+        hp = self.hparams
+        self.vision_tower, self.text_tower = self.vision_spec.build(), self.text_spec.build()
+        self.vision_head = build_head(as_head_spec(hp.vision_head), self.vision_spec.feature_dim, hp.embed_dim)
+        self.text_head = build_head(as_head_spec(hp.text_head), self.text_spec.feature_dim, hp.embed_dim)
+        apply_trainable(self.vision_tower, self.trainable.vision)
+        apply_trainable(self.text_tower, self.trainable.text)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        # frozen towers keep eval-mode norms and dropout whatever Lightning switches the module to
+        for tower, part in ((self.vision_tower, "vision"), (self.text_tower, "text")):
+            if tower is not None and getattr(self.trainable, part) == "frozen":
+                tower.eval()
+        return self
+
+    def _tower(self, part: str, inputs: tuple, keys: list | None, slot: tuple) -> torch.Tensor:
+        tower = self.vision_tower if part == "vision" else self.text_tower
+        frozen = getattr(self.trainable, part) == "frozen"
+        if not frozen:
+            return tower(*inputs)
+        cacheable = self.hparams.cache_frozen_features and keys is not None
+        if part == "vision" and getattr(self.vision_spec, "augment", False) and slot[0] == "fit":
+            cacheable = False  # random crops: the same key gives different inputs
+        with torch.no_grad():
+            if not cacheable:
+                return tower(*inputs)
+            missing = [i for i, k in enumerate(keys) if (*slot, k) not in self._cache]
+            if missing:
+                feats = tower(*(x[missing] for x in inputs))
+                for j, i in enumerate(missing):
+                    self._cache[(*slot, keys[i])] = feats[j]
+            return torch.stack([self._cache[(*slot, k)] for k in keys])
+
+    def encode_image(self, images: torch.Tensor, keys: list[str] | None = None, slot: tuple = ("eval",)):
+        """L2-normalised image embeddings ``(B, embed_dim)``."""
+        feats = self._tower("vision", (images,), keys, (*slot, "img"))
+        return F.normalize(self.vision_head(feats), dim=-1)
+
+    def encode_text(self, text: Mapping, captions: list[str] | None = None, slot: tuple = ("eval",)):
+        """L2-normalised caption embeddings ``(N, embed_dim)`` from tokenizer output."""
+        feats = self._tower("text", (text["input_ids"], text["attention_mask"]), captions, (*slot, "txt"))
+        return F.normalize(self.text_head(feats), dim=-1)
+
+    def forward(self, batch: Mapping) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encode_image(batch["image"]), self.encode_text(batch["text"])
+
+    # -- steps ----------------------------------------------------------------------------------------------------
+    def _shared_step(self, batch: Mapping) -> dict[str, torch.Tensor]:
+        img = self.encode_image(batch["image"], batch["key"], slot=("fit",))
+        txt = self.encode_text(batch["text"], batch["caption"], slot=("fit",))
+        return self.loss(img, txt)
+
+    def training_step(self, batch: Mapping, batch_idx: int) -> torch.Tensor:
+        out = self._shared_step(batch)
+        total = sum(v for k, v in out.items() if k.endswith("_loss"))
+        bs = len(batch["key"])
+        for k, v in out.items():
+            self.log(f"train/{k}", v, prog_bar=k.endswith("_loss"), batch_size=bs)
+        self.log("train/global_batch_size", float(bs * self.trainer.world_size), batch_size=bs)
+        return total
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if hasattr(self.loss, "clamp_"):
+            self.loss.clamp_()
+
+    def _eval_step(self, batch: Mapping, dataloader_idx: int, stage: str) -> None:
+        if len(batch["key"]) == 0:
+            return
+        img = self.encode_image(batch["image"], batch["key"], slot=(stage, dataloader_idx))
+        txt = self.encode_text(batch["text"], batch["captions"], slot=(stage, dataloader_idx))
+        acc = self._accumulators.setdefault(dataloader_idx, RetrievalAccumulator())
+        acc.update(batch["key"], img, txt, batch["caption_image_index"])
+
+    def validation_step(self, batch: Mapping, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx, "val")
+
+    def test_step(self, batch: Mapping, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx, "test")
+
+    def predict_step(self, batch: Mapping, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        """Embeddings of every image and caption of the batch, keyed by sample key."""
+        img = self.encode_image(batch["image"]) if "image" in batch else None
+        txt = self.encode_text(batch["text"])
+        return {
+            "key": batch["key"],
+            "image_embedding": img,
+            "captions": batch.get("captions", batch.get("caption")),
+            "caption_image_index": batch.get("caption_image_index"),
+            "text_embedding": txt,
+        }
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        names = getattr(datamodule, "eval_names", lambda s: [])(stage) if datamodule is not None else []
+        for idx in sorted(self._accumulators):
+            metrics = self._accumulators[idx].compute()
+            name = names[idx] if idx < len(names) else f"set{idx}"
+            for k, v in metrics.items():
+                self.log(f"{stage}/retrieval/{name}/{k}", v, add_dataloader_idx=False, rank_zero_only=True)
+            if idx == 0 and "rsum" in metrics:
+                self.log(f"{stage}/rsum", metrics["rsum"], add_dataloader_idx=False, rank_zero_only=True)
+        self._accumulators = {}
+
+    def on_validation_epoch_start(self) -> None:
+        self._accumulators = {}
+
+    def on_test_epoch_start(self) -> None:
+        self._accumulators = {}
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # -- optimisation ---------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = self.hparams.optimizer(param_groups(self))
+        if self.hparams.scheduler is None:
+            return optimizer
+        scheduler = resolve_scheduler(self.hparams.scheduler(optimizer), self.trainer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,96 @@
+"""What every Hydra entry point does around its task: run files, metrics.json, clean shutdown."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping
+
+import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from clipforge.utils.cli_export import to_lightning_cli
+
+log = logging.getLogger("clipforge")
+
+
+def task_wrapper(task: Callable[[DictConfig], tuple[dict, dict]]) -> Callable[[DictConfig], tuple[dict, dict]]:
+    """Turn data-config errors into one clear line and always close experiment trackers (wandb) so the next
+    job of a multirun starts clean."""
+
+    @functools.wraps(task)
+    def wrapped(cfg: DictConfig) -> tuple[dict, dict]:
+        from clipforge.data.errors import DataConfigError
+
+        try:
+            return task(cfg)
+        except DataConfigError as e:
+            log.error("%s", e)
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        finally:
+            if "wandb" in sys.modules:
+                import wandb
+
+                if wandb.run:
+                    wandb.finish()
+
+    return wrapped
+
+
+def write_run_files(cfg: DictConfig, output_dir: str) -> None:
+    """Save the resolved job config (``config.yaml``) and its LightningCLI twin (``run.cli.yaml``)."""
+    os.makedirs(output_dir, exist_ok=True)
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    OmegaConf.save(job, os.path.join(output_dir, "config.yaml"), resolve=True)
+    with open(os.path.join(output_dir, "run.cli.yaml"), "w") as f:
+        yaml.safe_dump(to_lightning_cli(job), f, sort_keys=False)
+
+
+def flat_metrics(metrics: Mapping) -> dict[str, float]:
+    """Scalar metrics as ``{key: float}`` (tensors unwrapped, NaN kept as ``null``-able floats)."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor):
+            if v.numel() != 1:
+                continue
+            v = v.item()
+        if isinstance(v, int | float):
+            out[str(k)] = float(v)
+    return dict(sorted(out.items()))
+
+
+def write_metrics(metrics: Mapping[str, float], output_dir: str) -> str:
+    """Write ``metrics.json`` (flat keys) and return its path."""
+    path = os.path.join(output_dir, "metrics.json")
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+    with open(path, "w") as f:
+        json.dump(clean, f, indent=2)
+    return path
+
+
+def print_metrics(metrics: Mapping[str, float], title: str, pattern: str = "") -> None:
+    """Print the metrics whose key contains ``pattern`` as a table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        if pattern in k:
+            table.add_row(k, f"{v:.2f}" if v is not None else "nan")
+    Console().print(table)
+
+
+def log_hyperparameters(trainer, cfg: DictConfig) -> None:
+    """Log the resolved model / data / trainer config to every logger (parameter counts: ``ParamReport``)."""
+    resolved = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    job = {k: resolved[k] for k in ("model", "data", "trainer", "seed") if k in resolved}
+    for logger in trainer.loggers:
+        logger.log_hyperparams(job)
