@@ -48,8 +48,11 @@ def test_apply_trainable_freezes_and_sets_eval():
 
 
 def test_timm_tower_features_and_transform():
-    spec = TimmVision("vit_tiny_patch16_224", image_size=32,
-                      model_args={"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 16, "num_heads": 2})
+    spec = TimmVision(
+        "vit_tiny_patch16_224",
+        image_size=32,
+        model_args={"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 16, "num_heads": 2},
+    )
     assert spec.feature_dim == 16
     tower = spec.build()
     assert tower(torch.randn(2, 3, 32, 32)).shape == (2, 16)
@@ -81,8 +84,10 @@ def test_state_dict_by_order_mapping(tmp_path):
 
 
 def test_openclip_towers_random_init():
-    v = OpenCLIPVision(embed_dim=16, vision_cfg={"image_size": 32, "patch_size": 8, "width": 32, "layers": 1,
-                                                   "head_width": 16})
+    v = OpenCLIPVision(
+        embed_dim=16,
+        vision_cfg={"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+    )
     assert v.build()(torch.randn(2, 3, 32, 32)).shape == (2, 16)
     t = OpenCLIPText(embed_dim=16, text_cfg={"context_length": 16, "width": 32, "heads": 2, "layers": 1})
     tok = t.tokenizer()(["a cat", "a dog on a sofa"])

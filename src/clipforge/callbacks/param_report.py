@@ -30,7 +30,9 @@ class ParamReport(L.Callback):
         self.counts = counts
         log.info(
             "parameters: %s total, %s trainable, %s frozen",
-            f"{counts['params/total']:,}", f"{counts['params/trainable']:,}", f"{counts['params/frozen']:,}",
+            f"{counts['params/total']:,}",
+            f"{counts['params/trainable']:,}",
+            f"{counts['params/frozen']:,}",
         )
         for logger in trainer.loggers:
             logger.log_metrics({k: float(v) for k, v in counts.items()}, step=0)

@@ -22,12 +22,20 @@ class EmbeddingWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.dirpath, self.dtype = dirpath, getattr(torch, dtype)
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
+    ):
         os.makedirs(self.dirpath, exist_ok=True)
         out = {
-            k: (v.detach().to("cpu", self.dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+            k: (
+                v.detach().to("cpu", self.dtype)
+                if isinstance(v, torch.Tensor) and v.is_floating_point()
+                else v
+            )
             for k, v in prediction.items()
         }
-        path = os.path.join(self.dirpath, f"part-r{trainer.global_rank}-d{dataloader_idx}-b{batch_idx:06d}.pt")
+        path = os.path.join(
+            self.dirpath, f"part-r{trainer.global_rank}-d{dataloader_idx}-b{batch_idx:06d}.pt"
+        )
         torch.save(out, path + ".tmp")
         os.replace(path + ".tmp", path)

@@ -47,7 +47,12 @@ class ZeroShotEval(L.Callback):
         batch_size: int = 32,
     ) -> None:
         self.spec = as_spec(data)
-        self.name, self.label_field, self.classnames, self.templates = name, label_field, classnames, templates
+        self.name, self.label_field, self.classnames, self.templates = (
+            name,
+            label_field,
+            classnames,
+            templates,
+        )
         self.every_n_epochs, self.batch_size = every_n_epochs, batch_size
         self.last: dict[str, float] = {}
 

@@ -22,7 +22,9 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     trainer, model, datamodule = objects["trainer"], objects["model"], objects["datamodule"]
     stage = "test" if getattr(datamodule, "has_test", False) else "validate"
     metrics: dict[str, float] = {}
-    for r in getattr(trainer, stage)(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=False):
+    for r in getattr(trainer, stage)(
+        model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=False
+    ):
         metrics.update(flat_metrics(r))
     if trainer.is_global_zero:
         write_metrics(metrics, cfg.paths.output_dir)

@@ -1,6 +1,6 @@
 """``clipforge-generate``: predict-style jobs (embedding export now; captioning, scoring, caching per stage).
 
-    clipforge-generate experiment=demo_clip ckpt_path=<run>/checkpoints/last.ckpt data.predict.path=coco.json
+clipforge-generate experiment=demo_clip ckpt_path=<run>/checkpoints/last.ckpt data.predict.path=coco.json
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ def generate(cfg: DictConfig) -> tuple[dict, dict]:
     write_run_files(cfg, cfg.paths.output_dir)
     objects = build(cfg)
     objects["trainer"].predict(
-        objects["model"], datamodule=objects["datamodule"], ckpt_path=cfg.get("ckpt_path"), return_predictions=False,
+        objects["model"],
+        datamodule=objects["datamodule"],
+        ckpt_path=cfg.get("ckpt_path"),
+        return_predictions=False,
         weights_only=False,
     )
     return {}, objects

@@ -1,8 +1,8 @@
 """``clipforge-train``: fit a LightningModule on a datamodule, then evaluate the best checkpoint.
 
-    clipforge-train                                   # experiment=demo_clip on the embedded demo photos
-    clipforge-train experiment=demo_clip data.train.path=coco.json data.train.image_root=images/
-    clipforge-train -m 'model/loss=clip,siglip' seed=0,1
+clipforge-train                                   # experiment=demo_clip on the embedded demo photos
+clipforge-train experiment=demo_clip data.train.path=coco.json data.train.image_root=images/
+clipforge-train -m 'model/loss=clip,siglip' seed=0,1
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from clipforge.utils.hydra import CONF_DIR, instantiate_dict
+
 # Checkpoints hold hparams with tower specs and optimizer builders (pickled objects), so they load with
 # weights_only=False: load checkpoints you or your runs wrote, not untrusted files.
 from clipforge.utils.task import (
@@ -38,7 +39,13 @@ def build(cfg: DictConfig) -> dict:
     callbacks = instantiate_dict(cfg.get("callbacks"), "callback")
     loggers = instantiate_dict(cfg.get("logger"), "logger")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
-    return {"datamodule": datamodule, "model": model, "callbacks": callbacks, "loggers": loggers, "trainer": trainer}
+    return {
+        "datamodule": datamodule,
+        "model": model,
+        "callbacks": callbacks,
+        "loggers": loggers,
+        "trainer": trainer,
+    }
 
 
 @task_wrapper
@@ -55,7 +62,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
         stage = "test" if getattr(datamodule, "has_test", False) else "validate"
         log.info("evaluating %s (%s)", ckpt or "the final weights", stage)
-        results = getattr(trainer, stage)(model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=False)
+        results = getattr(trainer, stage)(
+            model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=False
+        )
         for r in results:
             metrics.update(flat_metrics(r))
     if trainer.is_global_zero:

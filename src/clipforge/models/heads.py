@@ -43,4 +43,6 @@ def build_head(spec: HeadSpec, in_dim: int, out_dim: int) -> nn.Module:
     if spec.kind == "linear":
         return nn.Sequential(*drop, nn.Linear(in_dim, out_dim, bias=spec.bias))
     hidden = spec.hidden_dim or in_dim
-    return nn.Sequential(*drop, nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim, bias=spec.bias))
+    return nn.Sequential(
+        *drop, nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim, bias=spec.bias)
+    )

@@ -26,7 +26,11 @@ class RetrievalAccumulator:
         self.texts: list[torch.Tensor] = []  # one (n_captions_of_image, D) tensor per image
 
     def update(
-        self, keys: list[str], image_emb: torch.Tensor, text_emb: torch.Tensor, caption_image_index: torch.Tensor
+        self,
+        keys: list[str],
+        image_emb: torch.Tensor,
+        text_emb: torch.Tensor,
+        caption_image_index: torch.Tensor,
     ) -> None:
         """Add a batch: ``caption_image_index[t]`` is the batch position of caption ``t``'s image."""
         image_emb, text_emb = image_emb.detach().float().cpu(), text_emb.detach().float().cpu()

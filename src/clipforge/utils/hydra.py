@@ -21,7 +21,9 @@ def register_resolvers() -> None:
     ``${project_root:}``: the checkout holding ``conf/``. Safe to call more than once."""
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver(
-            "run_id", lambda: f"{os.environ.get('SLURM_JOB_ID', 'local')}-{uuid.uuid4().hex[:6]}", use_cache=True
+            "run_id",
+            lambda: f"{os.environ.get('SLURM_JOB_ID', 'local')}-{uuid.uuid4().hex[:6]}",
+            use_cache=True,
         )
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))

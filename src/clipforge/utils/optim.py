@@ -40,7 +40,11 @@ class WarmupCosine(LambdaLR):
     """
 
     def __init__(
-        self, optimizer: torch.optim.Optimizer, warmup_steps: int = 0, total_steps: int = -1, min_lr_ratio: float = 0.0
+        self,
+        optimizer: torch.optim.Optimizer,
+        warmup_steps: int = 0,
+        total_steps: int = -1,
+        min_lr_ratio: float = 0.0,
     ) -> None:
         self.warmup_steps, self.total_steps, self.min_lr_ratio = warmup_steps, total_steps, min_lr_ratio
         super().__init__(optimizer, self._factor)

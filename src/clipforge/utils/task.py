@@ -19,7 +19,9 @@ from clipforge.utils.cli_export import to_lightning_cli
 log = logging.getLogger("clipforge")
 
 
-def task_wrapper(task: Callable[[DictConfig], tuple[dict, dict]]) -> Callable[[DictConfig], tuple[dict, dict]]:
+def task_wrapper(
+    task: Callable[[DictConfig], tuple[dict, dict]],
+) -> Callable[[DictConfig], tuple[dict, dict]]:
     """Turn data-config errors into one clear line and always close experiment trackers (wandb) so the next
     job of a multirun starts clean."""
 
@@ -90,7 +92,9 @@ def print_metrics(metrics: Mapping[str, float], title: str, pattern: str = "") -
 
 def log_hyperparameters(trainer, cfg: DictConfig) -> None:
     """Log the resolved model / data / trainer config to every logger (parameter counts: ``ParamReport``)."""
-    resolved = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    resolved = OmegaConf.to_container(
+        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
+    )
     job = {k: resolved[k] for k in ("model", "data", "trainer", "seed") if k in resolved}
     for logger in trainer.loggers:
         logger.log_hyperparams(job)

@@ -60,6 +60,9 @@ class CLIPModule(L.LightningModule):
         self.save_hyperparameters(logger=False)
         self.vision_spec, self.text_spec, self.loss = vision, text, loss
         self.trainable = as_trainable(trainable)
+        self.vision_head_spec, self.text_head_spec = as_head_spec(vision_head), as_head_spec(text_head)
+        # kept as attributes: under LightningCLI, hparams hold the parsed config dicts, not the callables
+        self.optimizer_builder, self.scheduler_builder = optimizer, scheduler
         self.vision_tower: nn.Module | None = None
         self.text_tower: nn.Module | None = None
         self._tokenizer = None
@@ -82,10 +85,10 @@ class CLIPModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.vision_tower is not None:
             return
-        hp = self.hparams
+        dim = self.hparams.embed_dim
         self.vision_tower, self.text_tower = self.vision_spec.build(), self.text_spec.build()
-        self.vision_head = build_head(as_head_spec(hp.vision_head), self.vision_spec.feature_dim, hp.embed_dim)
-        self.text_head = build_head(as_head_spec(hp.text_head), self.text_spec.feature_dim, hp.embed_dim)
+        self.vision_head = build_head(self.vision_head_spec, self.vision_spec.feature_dim, dim)
+        self.text_head = build_head(self.text_head_spec, self.text_spec.feature_dim, dim)
         apply_trainable(self.vision_tower, self.trainable.vision)
         apply_trainable(self.text_tower, self.trainable.text)
 
@@ -199,8 +202,8 @@ class CLIPModule(L.LightningModule):
 
     # -- optimisation ---------------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        optimizer = self.hparams.optimizer(param_groups(self))
-        if self.hparams.scheduler is None:
+        optimizer = self.optimizer_builder(param_groups(self))
+        if self.scheduler_builder is None:
             return optimizer
-        scheduler = resolve_scheduler(self.hparams.scheduler(optimizer), self.trainer)
+        scheduler = resolve_scheduler(self.scheduler_builder(optimizer), self.trainer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
