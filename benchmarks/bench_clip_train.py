@@ -52,7 +52,7 @@ image transforms are each tool's own training defaults (clipforge: resize + cent
 ``RandomResizedCrop(scale 0.9-1)`` bicubic on PIL); open_clip keeps a locked HF tower in train mode (dropout on),
 clipforge runs frozen towers in eval mode under ``no_grad``.
 
-Everything is written under one ``tempfile.TemporaryDirectory`` (removed at exit unless ``--keep-tmp``).
+Everything is written under one ``tempfile.mkdtemp`` folder (removed at exit unless ``--keep-tmp``).
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -236,7 +237,7 @@ def clipforge_cmd(config: str, data_json: Path, epochs: int, workers: int, timer
     exe = Path(sys.executable).with_name("clipforge-train")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "clipforge.cli.train"]
     common = [
-        "experiment=demo_clip", "~logger", "callbacks=none",
+        "~logger", "callbacks=none", "++callbacks.zero_shot=null",
         f"data.train.path={data_json}", "data.holdout_fraction=0",
         f"data.batch_size={BATCH}", f"data.num_workers={workers}",
         f"trainer.max_epochs={epochs}", "trainer.accelerator=cpu", "++trainer.limit_val_batches=0",
@@ -247,18 +248,18 @@ def clipforge_cmd(config: str, data_json: Path, epochs: int, workers: int, timer
     ]
     if config == "lit":
         opt = LIT_OPT
-        model = [f"model.embed_dim={LIT_EMBED}", f"model.cache_frozen_features={str(cache).lower()}",
+        model = ["experiment=demo_clip", f"model.embed_dim={LIT_EMBED}", f"model.cache_frozen_features={str(cache).lower()}",
                  "model.trainable.vision=frozen", "model.trainable.text=frozen"]
     else:
         opt = VIT_OPT
-        model = [
-            "model/vision=openclip_vit_b32", "model/text=openclip_b32",
+        model = [  # no experiment: model=clip's own defaults are the open_clip towers (ViT-B-32 configs, overridden)
+            "~experiment", "model/vision=openclip_vit_b32", "model/text=openclip_b32", "trainer.log_every_n_steps=1",
             "model.vision.model_name=null", f"++model.vision.vision_cfg={hydra_value(VIT_VISION)}",
             f"++model.vision.embed_dim={VIT_EMBED}",
             "model.text.model_name=null", f"++model.text.text_cfg={hydra_value(VIT_TEXT)}",
             f"++model.text.embed_dim={VIT_EMBED}",
             f"model.embed_dim={VIT_EMBED}", "++model.vision_head.kind=identity", "++model.text_head.kind=identity",
-            "model.trainable.vision=full", "model.trainable.text=full", "model.cache_frozen_features=false",
+            "++model.trainable.vision=full", "++model.trainable.text=full", "++model.cache_frozen_features=false",
         ]
     model += [f"model.optimizer.lr={opt['lr']}", f"model.optimizer.weight_decay={opt['wd']}",
               f"model.optimizer.betas=[{opt['beta1']},{opt['beta2']}]", f"model.optimizer.eps={opt['eps']}"]
@@ -342,8 +343,7 @@ def main() -> None:
     epochs = {"lit": args.lit_epochs or (3 if args.quick else 7), "vit": args.vit_epochs or (5 if args.quick else 16)}
     configs = [c for c in args.configs.split(",") if c]
 
-    tmpdir = tempfile.TemporaryDirectory(prefix="bench_clip_train_")
-    tmp = Path(tmpdir.name)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_clip_train_"))
     try:
         data_json, tsv, n_images = prepare_data(tmp)
         config_dir = tmp / "openclip_configs"
@@ -429,7 +429,7 @@ def main() -> None:
         if args.keep_tmp:
             print(f"kept {tmp}")
         else:
-            tmpdir.cleanup()
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

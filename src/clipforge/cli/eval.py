@@ -28,7 +28,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
         metrics.update(flat_metrics(r))
     if trainer.is_global_zero:
         write_metrics(metrics, cfg.paths.output_dir)
-        print_metrics(metrics, f"{stage} metrics ({cfg.ckpt_path})", pattern="retrieval/")
+        print_metrics(metrics, f"{stage} metrics ({cfg.ckpt_path})", patterns=("retrieval/", "zeroshot/"))
     return metrics, objects
 
 

@@ -76,8 +76,8 @@ def write_metrics(metrics: Mapping[str, float], output_dir: str) -> str:
     return path
 
 
-def print_metrics(metrics: Mapping[str, float], title: str, pattern: str = "") -> None:
-    """Print the metrics whose key contains ``pattern`` as a table."""
+def print_metrics(metrics: Mapping[str, float], title: str, patterns: tuple[str, ...] = ("",)) -> None:
+    """Print the metrics whose key contains one of ``patterns`` as a table."""
     from rich.console import Console
     from rich.table import Table
 
@@ -85,7 +85,7 @@ def print_metrics(metrics: Mapping[str, float], title: str, pattern: str = "") -
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in metrics.items():
-        if pattern in k:
+        if any(p in k for p in patterns):
             table.add_row(k, f"{v:.2f}" if v is not None else "nan")
     Console().print(table)
 
