@@ -333,14 +333,14 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="1 repeat, fewer epochs (~3 min)")
     p.add_argument("--json", help="write all results here")
     p.add_argument("--repeats", type=int, default=None, help="runs per (config, tool); default 3 (quick: 1)")
-    p.add_argument("--lit-epochs", type=int, default=None, help="default 7 (quick: 3)")
-    p.add_argument("--vit-epochs", type=int, default=None, help="default 16 (quick: 5)")
+    p.add_argument("--lit-epochs", type=int, default=None, help="default 4 (quick: 3)")
+    p.add_argument("--vit-epochs", type=int, default=None, help="default 8 (quick: 4)")
     p.add_argument("--workers", type=int, default=0, help="dataloader workers, both tools")
     p.add_argument("--configs", default="lit,vit", help="comma list of lit, vit")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs) and print its path")
     args = p.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
-    epochs = {"lit": args.lit_epochs or (3 if args.quick else 7), "vit": args.vit_epochs or (5 if args.quick else 16)}
+    epochs = {"lit": args.lit_epochs or (3 if args.quick else 4), "vit": args.vit_epochs or (4 if args.quick else 8)}
     configs = [c for c in args.configs.split(",") if c]
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_clip_train_"))
