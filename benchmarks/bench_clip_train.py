@@ -62,6 +62,7 @@ import csv
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -288,11 +289,32 @@ def openclip_cmd(config: str, tsv: Path, epochs: int, workers: int, timer_out: P
 _OC_STEP = re.compile(r"Train Epoch: (\d+) .*?Data \(t\): ([\d.]+) Batch \(t\): ([\d.]+), ([\d.]+)/s")
 
 
+def _busy_cpu_s() -> float | None:
+    """Seconds of CPU time the whole machine has spent busy (Linux ``/proc/stat``), ``None`` elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_one(cmd: list, env: dict, cwd: Path, timer_out: Path, log_path: Path) -> dict:
-    t0 = time.perf_counter()
+    busy0, child0, t0 = _busy_cpu_s(), _children_cpu_s(), time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.run(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - t0
+    busy1, child1 = _busy_cpu_s(), _children_cpu_s()
+    # CPU used by processes that are not this benchmark's, as a share of the machine during the run: other jobs
+    # on the machine slow both tools down, but not necessarily alike
+    foreign = None
+    if busy0 is not None and busy1 is not None:
+        foreign = max(0.0, (busy1 - busy0) - (child1 - child0)) / (wall * (os.cpu_count() or 1))
     if proc.returncode != 0 or not timer_out.exists():
         tail = log_path.read_text()[-4000:]
         raise RuntimeError(f"run failed (rc={proc.returncode}): {' '.join(map(str, cmd))}\n{tail}")
@@ -312,6 +334,7 @@ def run_one(cmd: list, env: dict, cwd: Path, timer_out: Path, log_path: Path) ->
         "epoch_s": [b["end"] - a["end"] for a, b in zip(ep, ep[1:])],
         "data_share": sum(e["wait"] for e in steady) / dt,
         "process_wall_s": wall,
+        "foreign_cpu_share": foreign,
     }
     steps = [m for m in _OC_STEP.finditer(log_path.read_text()) if int(m.group(1)) >= 1]
     if steps:  # open_clip's own per-step figure (only the open_clip log has these lines)
@@ -386,7 +409,9 @@ def main() -> None:
                 runs[v].append(res)
                 print(f"  [{rep + 1}/{repeats}] {config:3s} {label[v]:40s} {res['samples_per_s']:8.1f} samples/s "
                       f"(steady {res['steady_s']:.1f}s over {res['steady_epochs']} epochs, "
-                      f"data share {res['data_share']:.0%}, process {res['process_wall_s']:.0f}s)", flush=True)
+                      f"data share {res['data_share']:.0%}, process {res['process_wall_s']:.0f}s"
+                      + (f", other processes {res['foreign_cpu_share']:.0%} CPU" if res["foreign_cpu_share"] else "")
+                      + ")", flush=True)
 
         results = []
         for v in variants:
@@ -417,6 +442,10 @@ def main() -> None:
             print(f"| {row['config']} ({epochs[row['config']]} ep) | {row['variant']} | "
                   f"{row['median_samples_per_s']:.1f} | {ratio} | {row['median_data_share']:.0%} |")
         print(f"\ntotal benchmark time {time.perf_counter() - t_all:.0f}s")
+        foreign = [r["foreign_cpu_share"] for rs in runs.values() for r in rs if r["foreign_cpu_share"] is not None]
+        if foreign and max(foreign) > 0.05:
+            print(f"WARNING: other processes used up to {max(foreign):.0%} of the machine's CPU during some runs "
+                  f"(median {statistics.median(foreign):.0%}); rerun on a quiet machine for reliable numbers.")
         if args.json:
             payload = {
                 "method": "samples of epochs 2..N / (end of epoch N - end of epoch 1), in-process hooks",
