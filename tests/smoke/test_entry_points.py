@@ -218,3 +218,32 @@ def test_ddp_two_cpu_processes(trained, tmp_path):
     single = trained[1]["val/retrieval/synthetic/num_images"]
     assert single % 2 == 1
     assert metrics["val/retrieval/synthetic/num_images"] == single
+
+
+def test_frozen_feature_cache_changes_nothing_but_speed(tmp_path):
+    """Caching frozen-tower outputs (and skipping the decode of cached images) trains exactly like no cache."""
+    from clipforge.cli.train import train
+
+    heads = []
+    for cache in (False, True):
+        cfg = compose(
+            [
+                *TINY,
+                "trainer.max_epochs=3",
+                "trainer.limit_train_batches=null",
+                "evaluate=false",
+                "model.trainable.vision=frozen",
+                "model.trainable.text=frozen",
+                f"model.cache_frozen_features={str(cache).lower()}",
+            ],
+            output_dir=str(tmp_path / str(cache)),
+        )
+        _, objects = train(cfg)
+        model = objects["model"]
+        heads.append({k: v for k, v in model.state_dict().items() if "head" in k or "logit" in k})
+        if cache:
+            ds = objects["datamodule"].datasets["train"][0]
+            assert ds.skip_image_keys  # later epochs did not decode the cached images
+    assert heads[0].keys() == heads[1].keys()
+    for k in heads[0]:
+        torch.testing.assert_close(heads[0][k], heads[1][k], rtol=1e-5, atol=1e-6)

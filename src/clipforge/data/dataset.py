@@ -52,6 +52,9 @@ class ImageTextDataset(Dataset):
         self.caption_sampling, self.seed = caption_sampling, seed
         self.all_captions, self.text_only, self.max_image_pixels = all_captions, text_only, max_image_pixels
         self.epoch = 0
+        # keys whose image the model no longer needs (its frozen features are cached): ``placeholder`` instead
+        self.skip_image_keys: frozenset[str] = frozenset()
+        self.placeholder = None
 
     def set_epoch(self, epoch: int) -> None:
         """Epoch used for caption sampling when indices are plain integers."""
@@ -78,6 +81,9 @@ class ImageTextDataset(Dataset):
             return item
         if rec.image is None:
             return {"key": rec.key, "error": "no_image"}
+        if self.placeholder is not None and rec.key in self.skip_image_keys:
+            item["image"] = self.placeholder
+            return item
         try:
             image = load_image(rec.image, self.max_image_pixels)
         except ImageLoadError as e:

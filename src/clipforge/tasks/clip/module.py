@@ -131,6 +131,22 @@ class CLIPModule(L.LightningModule):
     def forward(self, batch: Mapping) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_image(batch["image"]), self.encode_text(batch["text"])
 
+    def on_train_epoch_start(self) -> None:
+        # images whose frozen features are cached need not be decoded again: tell the train dataset(s) to hand
+        # out a placeholder for them (takes effect with workers too: Lightning re-creates the iterator after
+        # this hook from the second epoch on)
+        if not self.hparams.cache_frozen_features or self.trainable.vision != "frozen":
+            return
+        if getattr(self.vision_spec, "augment", False):
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        datasets = getattr(datamodule, "datasets", {}).get("train") or []
+        cached = frozenset(k[-1] for k in self._cache if k[:-1] == ("fit", "img"))
+        size = self.vision_spec.image_size
+        for ds in datasets:
+            if hasattr(ds, "skip_image_keys"):
+                ds.skip_image_keys, ds.placeholder = cached, torch.zeros(3, size, size)
+
     # -- steps ----------------------------------------------------------------------------------------------------
     def _shared_step(self, batch: Mapping) -> dict[str, torch.Tensor]:
         img = self.encode_image(batch["image"], batch["key"], slot=("fit",))
