@@ -8,7 +8,7 @@ import torch
 from clipforge.data.datamodule import ImageTextDataModule, per_device_batch_size
 from clipforge.data.errors import DataConfigError
 from clipforge.data.specs import DatasetSpec
-from tests.unit.test_data_fixtures import CharTokenizer, FakeTrainer
+from tests.unit.test_data_fixtures import CharTokenizer, FakeTrainer, quiet_trainer
 
 
 def _dm(num_workers: int = 0, seed: int = 0, **kwargs) -> ImageTextDataModule:
@@ -168,16 +168,7 @@ def test_lightning_sets_the_epoch(tmp_path):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
     model = Recorder()
-    trainer = L.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-    )
+    trainer = quiet_trainer(tmp_path)
     trainer.fit(model, datamodule=_dm(val=None, holdout_fraction=0.0, drop_last=False))
     assert len(model.captions) == 2 and len(model.captions[0]) == 48
     assert model.captions[0] != model.captions[1]

@@ -9,7 +9,7 @@ import torch
 
 from clipforge.callbacks.data_errors import DataErrorLog
 from clipforge.data.datamodule import ImageTextDataModule
-from tests.unit.test_data_fixtures import CharTokenizer, write_image
+from tests.unit.test_data_fixtures import CharTokenizer, quiet_trainer, write_image
 
 
 class TinyModule(L.LightningModule):
@@ -48,18 +48,7 @@ def test_data_error_log_writes_each_error_once(tmp_path):
     spec = {"path": str(data / "d.json")}
     dm = ImageTextDataModule(train=spec, val=spec, batch_size=4, drop_last=False)
     callback = DataErrorLog(dirpath=str(tmp_path / "out"))
-    trainer = L.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback],
-        default_root_dir=str(tmp_path),
-        num_sanity_val_steps=0,
-    )
+    trainer = quiet_trainer(tmp_path, callbacks=[callback], num_sanity_val_steps=0)
     trainer.fit(TinyModule(), datamodule=dm)
     lines = [json.loads(x) for x in (tmp_path / "out" / "data_errors.jsonl").read_text().splitlines()]
     assert sorted((x["split"], x["key"], x["reason"]) for x in lines) == [

@@ -95,3 +95,20 @@ class FakeTrainer:
 
 def pixel(img: Image.Image) -> tuple:
     return tuple(int(v) for v in np.asarray(img)[img.height // 2, img.width // 2])
+
+
+def quiet_trainer(tmp_path, **kwargs):
+    """A 2-epoch CPU Trainer without logger, checkpoints, progress bar or summary."""
+    import lightning as L
+
+    return L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        **kwargs,
+    )
