@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from clipforge.data.errors import ImageLoadError
 from clipforge.data.records import HFImageRef, ImageRef, SyntheticRef, TarMemberRef
+from clipforge.data.transforms import ImageTransform
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb threshold
 
@@ -153,7 +154,7 @@ def load_image(ref: ImageRef, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
             raise ImageLoadError(reason, f"{where}: {e}") from e
 
 
-class DefaultImageTransform:
+class DefaultImageTransform(ImageTransform):
     """Fallback transform when the model provides none: resize the short side, centre-crop, scale to [0, 1].
 
     Args:
@@ -161,15 +162,4 @@ class DefaultImageTransform:
     """
 
     def __init__(self, size: int = 224) -> None:
-        self.size = size
-
-    def __call__(self, img: Image.Image):
-        import torch
-
-        w, h = img.size
-        scale = self.size / min(w, h)
-        img = img.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))), Image.BICUBIC)
-        w, h = img.size
-        left, top = (w - self.size) // 2, (h - self.size) // 2
-        img = img.crop((left, top, left + self.size, top + self.size))
-        return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+        super().__init__(size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
