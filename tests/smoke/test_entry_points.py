@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from clipforge.callbacks.shard_writer import read_shards
 from clipforge.utils.hydra import compose
 
 TINY = ["experiment=demo_clip", "debug=tiny_clip"]
@@ -99,23 +100,28 @@ def test_generate_writes_embeddings_matching_the_model(trained, tmp_path):
             f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
             "data.predict.path=synthetic",
             "+data.predict.limit=6",
+            "callbacks.shard_writer.format=pt",
+            "callbacks.shard_writer.merge_path=null",
         ],
         "generate",
         output_dir=str(tmp_path),
     )
     _, objects = generate(cfg)
-    shards = sorted((tmp_path / "predictions").glob("part-*.pt"))
-    assert shards and not list((tmp_path / "predictions").glob("*.tmp"))
-    parts = [torch.load(s, weights_only=False) for s in shards]
-    keys = [k for p in parts for k in p["key"]]
+    rows = read_shards(str(tmp_path / "shards"))
+    assert not list((tmp_path / "shards").glob("*.tmp"))
+    keys = [r["key"] for r in rows]
     assert len(keys) == len(set(keys)) == 6
-    emb = torch.cat([p["image_embedding"] for p in parts])
+    emb = torch.stack([r["image_embedding"] for r in rows])
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(6))
-    # the same model embeds the first batch's images identically outside the writer
+    assert [len(r["captions"]) for r in rows] == [len(r["text_embedding"]) for r in rows]
+    # the same model embeds the first batch's images and captions identically outside the writer
     model, dm = objects["model"], objects["datamodule"]
+    dm.set_done_predict_shards(set())
     batch = next(iter(dm.predict_dataloader()))
     with torch.no_grad():
-        torch.testing.assert_close(model.encode_image(batch["image"]), parts[0]["image_embedding"])
+        torch.testing.assert_close(model.encode_image(batch["image"]), emb[: len(batch["key"])])
+        first = (batch["caption_image_index"] == 0).nonzero().flatten()
+        torch.testing.assert_close(model.encode_text(batch["text"])[first], rows[0]["text_embedding"])
 
 
 def test_lightning_cli_fits_from_generated_yaml(trained, tmp_path):

@@ -20,8 +20,9 @@ def _empty_text() -> dict[str, torch.Tensor]:
 class ImageTextCollator:
     """Stack images, gather captions, tokenize, and pass bad rows on as ``errors``.
 
-    Batch keys: ``key`` (list[str]), ``image`` (``Tensor[B, 3, H, W]``; absent for text-only data),
-    ``caption`` (one per row), ``meta`` (list of dicts), ``text`` (tokenized captions, when a tokenizer is set),
+    Batch keys: ``key`` (list[str]), ``image`` (``Tensor[B, 3, H, W]``, or a list when the image transform returns
+    PIL images; absent for text-only data), ``caption`` (one per row), ``meta`` (list of dicts), ``text``
+    (tokenized captions, when a tokenizer is set),
     ``errors`` (list of ``{"key", "reason"}`` for rows left out). With ``all_captions``: ``captions`` (every
     caption of the batch, flattened row by row), ``caption_image_index`` (``LongTensor``: batch position of each
     caption's row) and ``text`` tokenizes ``captions``. A batch whose rows are all errors is still a valid batch
@@ -44,7 +45,9 @@ class ImageTextCollator:
             "errors": [{"key": it["key"], "reason": it["error"]} for it in items if "error" in it],
         }
         if any("image" in it for it in good):
-            batch["image"] = torch.stack([it["image"] for it in good])
+            images = [it["image"] for it in good]
+            # tensors are stacked; PIL images (captioners and VLM processors take them raw) stay a list
+            batch["image"] = torch.stack(images) if torch.is_tensor(images[0]) else images
         elif not good and batch["errors"]:  # only image rows can fail: keep the image key with B = 0
             batch["image"] = torch.zeros(0, 3, 0, 0)
         texts = batch["caption"]

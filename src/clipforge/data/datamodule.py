@@ -17,7 +17,7 @@ from clipforge.data.errors import DataConfigError
 from clipforge.data.images import DEFAULT_MAX_PIXELS
 from clipforge.data.readers import read_source, select
 from clipforge.data.records import ErrorRecord
-from clipforge.data.sampler import EpochSampler
+from clipforge.data.sampler import EpochSampler, Shard, ShardSampler
 from clipforge.data.specs import DatasetSpec, as_spec, as_spec_list, as_spec_or_list, is_empty_slot
 
 log = logging.getLogger("clipforge.data")
@@ -62,6 +62,7 @@ class ImageTextDataModule(L.LightningDataModule):
         persistent_workers: keep workers alive across epochs (only with ``num_workers > 0``).
         drop_last: drop the last incomplete training batch (kept anyway when the set is smaller than one batch).
         holdout_fraction: when ``val`` is empty, hold out this fraction of ``train`` keys as validation set.
+        predict_shard_rows: rows per input shard of ``predict`` (the unit a generation job writes and resumes).
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class ImageTextDataModule(L.LightningDataModule):
         persistent_workers: bool = False,
         drop_last: bool = True,
         holdout_fraction: float = 0.0,
+        predict_shard_rows: int = 1000,
     ) -> None:
         super().__init__()
         if caption_sampling not in CAPTION_SAMPLING:
@@ -102,6 +104,8 @@ class ImageTextDataModule(L.LightningDataModule):
         self.index_errors_by_split: dict[str, list[ErrorRecord]] = {}
         self.batch_size_per_device = batch_size
         self._cache: dict[tuple, tuple] = {}
+        self._done_predict_shards: set[str] = set()
+        self.assigned_predict_shards: list[Shard] = []
 
     # -- wiring -----------------------------------------------------------------------------------------------
     def connect(
@@ -246,5 +250,24 @@ class ImageTextDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         return self._eval_loaders("test")
 
-    def predict_dataloader(self) -> DataLoader | list[DataLoader]:
-        return self._eval_loaders("predict")
+    # -- prediction shards --------------------------------------------------------------------------------------
+    def predict_plan(self) -> list[Shard]:
+        """The input shards of ``predict``: ``predict_shard_rows`` consecutive rows each, in source order."""
+        dataset = self._datasets("predict")[0]
+        n, keys = self.hparams.predict_shard_rows, [r.key for r in dataset.records]
+        return [Shard(f"shard-{i // n:05d}", i, keys[i : i + n]) for i in range(0, len(keys), n)]
+
+    def set_done_predict_shards(self, names: set[str]) -> None:
+        """Shards already written by an earlier run: ``predict_dataloader`` leaves their rows out."""
+        self._done_predict_shards = set(names)
+
+    def predict_dataloader(self) -> DataLoader:
+        """This rank's unfinished shards (``i % world == rank``), rows in order, batches of ``eval_batch_size``."""
+        dataset, (world, rank) = self._datasets("predict")[0], self.world
+        plan = self.predict_plan()
+        self.assigned_predict_shards = [
+            s for i, s in enumerate(plan) if i % world == rank and s.name not in self._done_predict_shards
+        ]
+        sampler = ShardSampler(dataset, self.assigned_predict_shards, world, rank)
+        bs = max(1, math.ceil((self.hparams.eval_batch_size or self.hparams.batch_size) / world))
+        return DataLoader(dataset, batch_size=bs, sampler=sampler, drop_last=False, **self._loader_args(True))

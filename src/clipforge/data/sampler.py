@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from torch.utils.data import Dataset, DistributedSampler
 
@@ -42,3 +43,38 @@ class EpochSampler(DistributedSampler):
         epoch = self.epoch
         for index in super().__iter__():
             yield (index, epoch)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """An input shard of a prediction job: ``keys`` of the rows ``start .. start + len(keys) - 1``."""
+
+    name: str
+    start: int
+    keys: Sequence[str]
+
+
+class ShardSampler(DistributedSampler):
+    """Yields the row indices of the given shards, shard after shard, in order (no shuffling, no padding).
+
+    The shards are already this rank's (disjoint across ranks); being a ``DistributedSampler``, Lightning keeps it
+    as is under DDP instead of re-splitting it.
+
+    Args:
+        dataset: the predict dataset.
+        shards: the shards this rank computes.
+        num_replicas: world size.
+        rank: global rank.
+    """
+
+    def __init__(
+        self, dataset: Dataset, shards: Sequence[Shard], num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.indices = [s.start + i for s in shards for i in range(len(s.keys))]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torchvision.transforms import v2 as T
 
-__all__ = ["ImageTransform"]
+__all__ = ["ImageTransform", "ToRGB"]
 
 
 class ImageTransform:
@@ -40,3 +40,25 @@ class ImageTransform:
 
     def __repr__(self) -> str:
         return f"ImageTransform(size={self.image_size}, augment={self.augment})"
+
+
+class ToRGB:
+    """PIL image -> RGB PIL image (for models whose own processor resizes and normalises: captioners, VLMs).
+
+    Args:
+        max_side: downscale so the longer side is at most this (keeps batches of large photos small); ``None``
+            keeps the size.
+    """
+
+    def __init__(self, max_side: int | None = None) -> None:
+        self.max_side = max_side
+
+    def __call__(self, image):
+        image = image.convert("RGB")
+        if self.max_side and max(image.size) > self.max_side:
+            image = image.copy()
+            image.thumbnail((self.max_side, self.max_side))
+        return image
+
+    def __repr__(self) -> str:
+        return f"ToRGB(max_side={self.max_side})"

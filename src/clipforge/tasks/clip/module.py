@@ -181,16 +181,22 @@ class CLIPModule(L.LightningModule):
         self._eval_step(batch, dataloader_idx, "test")
 
     def predict_step(self, batch: Mapping, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        """Embeddings of every image and caption of the batch, keyed by sample key."""
+        """One row per image: its embedding, its captions and their embeddings (``ShardWriter`` with ``pt``)."""
         img = self.encode_image(batch["image"]) if "image" in batch else None
         txt = self.encode_text(batch["text"])
-        return {
-            "key": batch["key"],
-            "image_embedding": img,
-            "captions": batch.get("captions", batch.get("caption")),
-            "caption_image_index": batch.get("caption_image_index"),
-            "text_embedding": txt,
-        }
+        index = batch["caption_image_index"]
+        rows = []
+        for i, key in enumerate(batch["key"]):
+            mine = (index == i).nonzero().flatten()
+            row = {
+                "key": key,
+                "captions": [batch["captions"][j] for j in mine.tolist()],
+                "text_embedding": txt[mine],
+            }
+            if img is not None:
+                row["image_embedding"] = img[i]
+            rows.append(row)
+        return {"rows": rows}
 
     def _eval_epoch_end(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
