@@ -25,6 +25,12 @@ def stage_of(experiment: str) -> str:
     return head if head in STAGES else "clip"
 
 
+def tiny_overlay(experiment: str) -> str:
+    """`debug=tiny_<experiment>` when that file exists, else the stage's `debug=tiny_<stage>`."""
+    own = f"tiny_{experiment}"
+    return own if (CONF / "debug" / f"{own}.yaml").exists() else f"tiny_{stage_of(experiment)}"
+
+
 def tiny_overrides(experiment: str) -> list[str]:
     """Overrides that shrink an experiment to CPU-test size (no real weights, synthetic data)."""
-    return [f"experiment={experiment}", f"debug=tiny_{stage_of(experiment)}"]
+    return [f"experiment={experiment}", f"debug={tiny_overlay(experiment)}"]

@@ -1,0 +1,1 @@
+"""Captioners: anything that writes captions for a batch of images (multimodal LLMs, label-conditioned LLMs)."""
