@@ -22,7 +22,8 @@ class ImageTextCollator:
 
     Batch keys: ``key`` (list[str]), ``image`` (``Tensor[B, 3, H, W]``, or a list when the image transform returns
     PIL images; absent for text-only data), ``caption`` (one per row), ``meta`` (list of dicts), ``text``
-    (tokenized captions, when a tokenizer is set),
+    (tokenized captions, when a tokenizer is set), ``text_embedding`` (cached caption
+    embeddings aligned with the captions handed out, when the dataset has them),
     ``errors`` (list of ``{"key", "reason"}`` for rows left out). With ``all_captions``: ``captions`` (every
     caption of the batch, flattened row by row), ``caption_image_index`` (``LongTensor``: batch position of each
     caption's row) and ``text`` tokenizes ``captions``. A batch whose rows are all errors is still a valid batch
@@ -56,6 +57,11 @@ class ImageTextCollator:
             index = [i for i, it in enumerate(good) for _ in it["captions"]]
             batch["captions"] = texts
             batch["caption_image_index"] = torch.tensor(index, dtype=torch.long)
+        if good and all("text_embedding" in it for it in good):
+            # cached caption embeddings, one per caption handed out: [B, D] in training, [N_captions, D] else
+            batch["text_embedding"] = torch.cat(
+                [e if e.dim() == 2 else e[None] for e in (it["text_embedding"] for it in good)]
+            )
         if self.tokenizer is not None:
             batch["text"] = dict(self.tokenizer(texts)) if texts else _empty_text()
         return batch

@@ -13,11 +13,13 @@ from torch.utils.data import DataLoader
 
 from clipforge.data.collate import ImageTextCollator, Tokenizer
 from clipforge.data.dataset import CAPTION_SAMPLING, ImageTextDataset
+from clipforge.data.embeddings import join_text_embeddings
 from clipforge.data.errors import DataConfigError
 from clipforge.data.images import DEFAULT_MAX_PIXELS
 from clipforge.data.readers import read_source, select
 from clipforge.data.records import ErrorRecord
 from clipforge.data.sampler import EpochSampler, Shard, ShardSampler
+from clipforge.data.shear import Shear
 from clipforge.data.specs import DatasetSpec, as_spec, as_spec_list, as_spec_or_list, is_empty_slot
 
 log = logging.getLogger("clipforge.data")
@@ -63,6 +65,15 @@ class ImageTextDataModule(L.LightningDataModule):
         drop_last: drop the last incomplete training batch (kept anyway when the set is smaller than one batch).
         holdout_fraction: when ``val`` is empty, hold out this fraction of ``train`` keys as validation set.
         predict_shard_rows: rows per input shard of ``predict`` (the unit a generation job writes and resumes).
+        caption_sources: training caption sources (``raw`` and captioner / column names; see
+            :attr:`~clipforge.data.records.Record.sources`); ``None`` = all.
+        caption_source_weights: ``random_one`` weight per source (``{raw: 0.5, dense: 0.5}``: LLM2CLIP's dense
+            ratio); ``None`` = uniform over a record's captions.
+        eval_caption_sources: caption sources of val/test sets (``[raw]``: human captions); ``None`` = all.
+        shear: text shearing of extended training captions (:class:`~clipforge.data.shear.Shear` or its dict).
+        rewrite_ratio: fraction of training images that get only extended captions (the rest only raw ones).
+        remove_ratio: fraction of training images left out.
+        captions_per_image: captions per image with ``caption_sampling=multi_positive``.
     """
 
     def __init__(
@@ -83,10 +94,22 @@ class ImageTextDataModule(L.LightningDataModule):
         drop_last: bool = True,
         holdout_fraction: float = 0.0,
         predict_shard_rows: int = 1000,
+        caption_sources: list[str] | None = None,
+        caption_source_weights: dict[str, float] | None = None,
+        eval_caption_sources: list[str] | None = None,
+        shear: Shear | Mapping | None = None,
+        rewrite_ratio: float | None = None,
+        remove_ratio: float = 0.0,
+        captions_per_image: int = 2,
     ) -> None:
         super().__init__()
         if caption_sampling not in CAPTION_SAMPLING:
             raise ValueError(f"caption_sampling={caption_sampling!r} is not one of {CAPTION_SAMPLING}")
+        for name, ratio in (("rewrite_ratio", rewrite_ratio), ("remove_ratio", remove_ratio)):
+            if ratio is not None and not 0.0 <= ratio <= 1.0:
+                raise ValueError(f"{name}={ratio} must be in [0, 1]")
+        if isinstance(shear, Mapping):
+            shear = Shear(**shear)
         # normalised before save_hyperparameters, so Hydra (dicts) and jsonargparse (dataclasses) save the same
         train, val, test, predict = (
             as_spec(train),
@@ -97,6 +120,7 @@ class ImageTextDataModule(L.LightningDataModule):
         self.save_hyperparameters(logger=False)
         self.specs = {k: as_spec_list(v) for k, v in zip(SPLITS, (train, val, test, predict))}
         self.tokenizer: Tokenizer | None = None
+        self.shear: Shear | None = shear
         self.transforms: dict[bool, Callable | None] = {True: None, False: None}
         self._connected = False
         self.datasets: dict[str, list[ImageTextDataset]] = {}
@@ -122,6 +146,8 @@ class ImageTextDataModule(L.LightningDataModule):
             eval_image_transform: evaluation / prediction transform.
         """
         self.tokenizer, self._connected = tokenizer, True
+        if self.shear is not None and self.shear.tokenizer == "model":
+            self.shear.bind(tokenizer)
         self.transforms = {True: image_transform, False: eval_image_transform or image_transform}
         for split, datasets in self.datasets.items():
             for ds in datasets:
@@ -129,6 +155,8 @@ class ImageTextDataModule(L.LightningDataModule):
 
     def _bind_model(self) -> None:
         module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        if self.shear is not None and self.shear.tokenizer == "model":
+            self.shear.bind(self.tokenizer if self._connected else getattr(module, "tokenizer", None))
         if self._connected or module is None:
             return
         self.tokenizer = getattr(module, "tokenizer", None)
@@ -178,22 +206,52 @@ class ImageTextDataModule(L.LightningDataModule):
     def _build(self, split: str, index: int, spec: DatasetSpec, many: bool) -> ImageTextDataset:
         where, hp, train = f"data.{split}" + (f"[{index}]" if many else ""), self.hparams, split == "train"
         records, errors = self._read(spec, where, require_captions=split != "predict")
+        embeddings = None
+        if spec.text_embeddings:
+            if train and self.shear is not None and self.shear.unit != "none":
+                raise DataConfigError(
+                    f"{where}.text_embeddings: cached embeddings are of the stored captions; shear them offline "
+                    "(a sheared column) instead of data.shear"
+                )
+            records, more, embeddings = join_text_embeddings(records, spec.text_embeddings)
+            errors = errors + more
+        options = dict(all_captions=not train, text_only=spec.text_only, max_image_pixels=hp.max_image_pixels)
+        if train:
+            options.update(
+                caption_sources=hp.caption_sources,
+                source_weights=hp.caption_source_weights,
+                shear=self.shear,
+                rewrite_ratio=hp.rewrite_ratio,
+                remove_ratio=hp.remove_ratio,
+                captions_per_image=hp.captions_per_image,
+            )
+        elif split != "predict":
+            options.update(caption_sources=hp.eval_caption_sources)
+        sampling = hp.caption_sampling if train else "first"
+        dataset = ImageTextDataset(
+            records, self.transforms[train], sampling, hp.seed, text_embeddings=embeddings, **options
+        )
+        errors = errors + [ErrorRecord(k, "no_caption_of_sources", where) for k in dataset.dropped]
         counts = collections.Counter(e.reason for e in errors).most_common(5)
         summary = f"{len(errors)} errors ({', '.join(f'{r}: {n}' for r, n in counts) or 'none'})"
-        if not records:
+        if not dataset.records:
             raise DataConfigError(
                 f"{where}: no usable rows in {spec.path or spec.format} (split={spec.split}, "
                 f"val_fraction={spec.val_fraction}); {summary}"
             )
         self.index_errors.extend(errors)
         self.index_errors_by_split.setdefault(split, []).extend(errors)
-        n_captions = sum(len(r.captions) for r in records)
+        n_captions = sum(len(c) for c in dataset.candidates)
         log.info(
-            "%s (%s): %d rows, %d captions, %s", where, spec.display_name, len(records), n_captions, summary
+            "%s (%s): %d rows, %d candidate captions, %d items, %s",
+            where,
+            spec.display_name,
+            len(dataset.records),
+            n_captions,
+            len(dataset),
+            summary,
         )
-        sampling = hp.caption_sampling if train else "first"
-        options = dict(all_captions=not train, text_only=spec.text_only, max_image_pixels=hp.max_image_pixels)
-        return ImageTextDataset(records, self.transforms[train], sampling, hp.seed, **options)
+        return dataset
 
     def setup(self, stage: str | None = None) -> None:
         """Bind the model's tokenizer/transforms and read the splits ``stage`` needs (each only once)."""
@@ -211,6 +269,7 @@ class ImageTextDataModule(L.LightningDataModule):
         return self.datasets[split]
 
     def _loader_args(self, all_captions: bool) -> dict:
+        """DataLoader arguments; ``all_captions``: collate every caption of a row (eval, multi-positive)."""
         workers = self.hparams.num_workers
         return {
             "num_workers": workers,
@@ -232,7 +291,11 @@ class ImageTextDataModule(L.LightningDataModule):
             drop_last = False
         sampler = EpochSampler(dataset, world, rank, shuffle=True, seed=self.hparams.seed)
         return DataLoader(
-            dataset, batch_size=bs, sampler=sampler, drop_last=drop_last, **self._loader_args(False)
+            dataset,
+            batch_size=bs,
+            sampler=sampler,
+            drop_last=drop_last,
+            **self._loader_args(self.hparams.caption_sampling == "multi_positive"),
         )
 
     def _eval_loaders(self, split: str) -> DataLoader | list[DataLoader]:

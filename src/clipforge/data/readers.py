@@ -120,7 +120,7 @@ def read_source(
 
         records = demo_records() if fmt == "demo" else synthetic_records(spec.limit or 64)
         if spec.text_only:
-            records = [Record(r.key, None, r.captions, r.meta) for r in records]
+            records = [Record(r.key, None, r.captions, r.meta, r.sources) for r in records]
         return records, []
     files = _files(paths, fmt)
     base_dir = os.path.dirname(os.path.abspath(files[0])) if files else os.getcwd()

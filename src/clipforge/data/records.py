@@ -7,6 +7,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+RAW = "raw"
+"""Source name of the raw (original) captions of a record."""
+
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
@@ -50,12 +53,19 @@ class Record:
         image: where the image is; ``None`` for text-only records.
         captions: every valid caption of the image (at least one, unless captions were not required).
         meta: provenance columns and ids, JSON-serialisable.
+        sources: where each caption came from, parallel to ``captions``: ``raw`` for the first caption column,
+            else the column name (a captioner's name in a recap table); ``None`` = every caption is ``raw``.
     """
 
     key: str
     image: ImageRef | None
     captions: list[str]
     meta: dict = field(default_factory=dict)
+    sources: list[str] | None = None
+
+    def source(self, index: int) -> str:
+        """Source of caption ``index`` (``raw`` when the record has no source list)."""
+        return self.sources[index] if self.sources else RAW
 
 
 @dataclass

@@ -43,6 +43,9 @@ class DatasetSpec:
         text_only: caption groups without images (images are not loaded even if present).
         limit: keep the first N records after the split (debugging); for ``synthetic``, also the number made.
         name: dataset name in metric keys; default derived from the path (file stem / folder name / format).
+        text_embeddings: folder of cached caption embeddings (``ShardWriter`` ``pt`` shards of rows
+            ``{"key", "captions", "text_embedding"}``), joined to the records by key and caption; a record or
+            caption without one is an error record (``missing_text_embedding``), never a zero vector.
     """
 
     path: str = ""
@@ -59,6 +62,7 @@ class DatasetSpec:
     text_only: bool = False
     limit: int | None = None
     name: str | None = None
+    text_embeddings: str | None = None
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -169,6 +173,8 @@ def check_paths(spec: DatasetSpec, where: str = "spec") -> list[str]:
             raise DataConfigError(f"{where}.path: no such file: {spec.path}")
     if spec.image_root and not spec.text_only and not os.path.isdir(os.path.expanduser(spec.image_root)):
         raise DataConfigError(f"{where}.image_root: no such folder: {spec.image_root}")
+    if spec.text_embeddings and not os.path.isdir(os.path.expanduser(spec.text_embeddings)):
+        raise DataConfigError(f"{where}.text_embeddings: no such folder: {spec.text_embeddings}")
     for i, side in enumerate(spec.sidecars):
         if not expand_paths(side):
             raise DataConfigError(f"{where}.sidecars[{i}]: no such file: {side}")

@@ -73,44 +73,48 @@ class ClipLoss(nn.Module):
         self.logit_scale.clamp_(0.0, self.max_logit_scale)
 
     def forward(self, image_features: Tensor, text_features: Tensor) -> dict[str, Tensor]:
-        """Compute the loss for aligned pairs (row ``i`` of both inputs is a positive pair).
+        """Compute the loss; row ``i`` of the images is paired with text rows ``i*m .. i*m + m - 1``.
+
+        With ``m = 1`` (one caption per image) this is CLIP's InfoNCE. With ``m > 1`` captions per image
+        (``caption_sampling=multi_positive``) image→text is multi-positive InfoNCE (the softmax mass on any of the
+        image's ``m`` captions) and text→image is the usual cross-entropy over images.
 
         Args:
             image_features: ``(n, D)`` L2-normalised image embeddings of this rank.
-            text_features: ``(n, D)`` L2-normalised text embeddings of this rank.
+            text_features: ``(n * m, D)`` L2-normalised text embeddings of this rank, grouped by image.
 
         Returns:
             ``{"contrastive_loss": scalar, "logit_scale": detached multiplicative scale}``.
 
         Raises:
-            ValueError: if the two batches differ in size.
+            ValueError: if the text rows are not a multiple ``m >= 1`` of the image rows.
         """
-        if image_features.shape[0] != text_features.shape[0]:
-            raise ValueError(
-                f"image and text batches differ: {image_features.shape[0]} vs {text_features.shape[0]}"
-            )
-        scale = self.scale()
-        n = image_features.shape[0]
+        n, n_txt = image_features.shape[0], text_features.shape[0]
+        if n == 0 or n_txt % n or n_txt < n:
+            raise ValueError(f"image and text batches differ: {n} images vs {n_txt} texts (need m per image)")
+        m, scale = n_txt // n, self.scale()
         rank, world = rank_and_world()
+        all_images, all_texts = image_features, text_features
         if self.gather and world > 1:
             all_images = gather_features(image_features, with_grad=True)
             all_texts = gather_features(text_features, with_grad=True)
-            if self.local_loss:
-                logits_per_image = image_features @ all_texts.T
-                logits_per_text = text_features @ all_images.T
-                labels = torch.arange(n, device=image_features.device) + rank * n
-            else:
-                logits_per_image = all_images @ all_texts.T
-                logits_per_text = logits_per_image.T
-                labels = torch.arange(world * n, device=image_features.device)
-        else:
-            logits_per_image = image_features @ text_features.T
-            logits_per_text = logits_per_image.T
-            labels = torch.arange(n, device=image_features.device)
+        local = self.gather and world > 1 and self.local_loss
+        img_rows, txt_rows = (image_features, text_features) if local else (all_images, all_texts)
+        offset = rank * n if local else 0
         # at least fp32 logits: a scale of 100 times fp16/bf16 cosines would lose most of their resolution
-        dtype = torch.promote_types(logits_per_image.dtype, torch.float32)
-        loss = (
-            F.cross_entropy(scale * logits_per_image.to(dtype), labels)
-            + F.cross_entropy(scale * logits_per_text.to(dtype), labels)
-        ) / 2
+        dtype = torch.promote_types(image_features.dtype, torch.float32)
+        logits_per_image = scale * (img_rows @ all_texts.T).to(dtype)
+        logits_per_text = scale * (txt_rows @ all_images.T).to(dtype)
+        image_ids = torch.arange(img_rows.shape[0], device=image_features.device) + offset
+        text_labels = torch.arange(txt_rows.shape[0], device=image_features.device) // m + offset
+        if m == 1:
+            i2t = F.cross_entropy(logits_per_image, image_ids)
+        else:
+            positive = (
+                torch.arange(all_texts.shape[0], device=image_features.device)[None, :] // m
+                == image_ids[:, None]
+            )
+            pos = logits_per_image.masked_fill(~positive, float("-inf")).logsumexp(dim=1)
+            i2t = (logits_per_image.logsumexp(dim=1) - pos).mean()
+        loss = (i2t + F.cross_entropy(logits_per_text, text_labels)) / 2
         return {"contrastive_loss": loss, "logit_scale": scale.detach()}

@@ -69,7 +69,8 @@ class SigLipLoss(nn.Module):
         """
         if image_features.shape[0] != text_features.shape[0]:
             raise ValueError(
-                f"image and text batches differ: {image_features.shape[0]} vs {text_features.shape[0]}"
+                f"image and text batches differ: {image_features.shape[0]} vs {text_features.shape[0]} "
+                "(caption_sampling=multi_positive needs model/loss=clip)"
             )
         n = image_features.shape[0]
         rank, world = rank_and_world()

@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 from clipforge.data.captions import clean_captions
-from clipforge.data.records import ErrorRecord, HFImageRef, Record, SyntheticRef, TarMemberRef, jsonable
+from clipforge.data.records import RAW, ErrorRecord, HFImageRef, Record, SyntheticRef, TarMemberRef, jsonable
 from clipforge.data.specs import DatasetSpec
 
 DEFAULT_CAPTION_FIELDS = ("caption", "captions", "text", "txt")
@@ -111,13 +111,23 @@ class RecordBuilder:
             if reason:
                 self.errors.append(ErrorRecord(key, reason, source))
                 return
-        captions, errors = clean_captions([row.get(c) for c in cap_cols], key, source, self.max_chars)
-        self.errors.extend(errors)
+        captions, sources = [], []
+        for i, col in enumerate(cap_cols):
+            good, errors = clean_captions([row.get(col)], key, source, self.max_chars)
+            self.errors.extend(errors)
+            captions += good
+            sources += [RAW if i == 0 else col] * len(good)
         meta = {k: jsonable(v) for k, v in row.items() if k not in cap_cols and k != img_col}
         if self.spec.text_only and isinstance(image_path, str):
             meta[img_col] = image_path  # provenance of a caption group whose image is not used
         self.merge(
-            key, image, captions, meta, source, alt_key=os.path.splitext(image_path)[0] if derived else None
+            key,
+            image,
+            captions,
+            meta,
+            source,
+            alt_key=os.path.splitext(image_path)[0] if derived else None,
+            sources=sources if len(cap_cols) > 1 else None,
         )
 
     def merge(
@@ -128,18 +138,26 @@ class RecordBuilder:
         meta: dict,
         source: str,
         alt_key: str | None = None,
+        sources: list[str] | None = None,
     ) -> None:
-        """Add captions to the record of ``key`` (created if new); see the module docstring for key clashes."""
+        """Add captions to the record of ``key`` (created if new); see the module docstring for key clashes.
+
+        ``sources`` names each caption's column (``None``: all ``raw``); see :attr:`Record.sources`.
+        """
         rec = self.records.get(key)
         if rec is not None and rec.image != image:
             if alt_key and alt_key != key:
-                return self.merge(alt_key, image, captions, meta, source)
+                return self.merge(alt_key, image, captions, meta, source, sources=sources)
             self.errors.append(ErrorRecord(key, "duplicate_key", source))
             return None
         if rec is None:
-            self.records[key] = Record(key, image, list(captions), meta)
+            self.records[key] = Record(key, image, list(captions), meta, list(sources) if sources else None)
             self.first_source[key] = source
         else:
+            if sources or rec.sources:
+                rec.sources = [rec.source(i) for i in range(len(rec.captions))] + (
+                    list(sources) if sources else [RAW] * len(captions)
+                )
             rec.captions.extend(captions)
         return None
 

@@ -150,7 +150,9 @@ class CLIPModule(L.LightningModule):
     # -- steps ----------------------------------------------------------------------------------------------------
     def _shared_step(self, batch: Mapping) -> dict[str, torch.Tensor]:
         img = self.encode_image(batch["image"], batch["key"], slot=("fit",))
-        txt = self.encode_text(batch["text"], batch["caption"], slot=("fit",))
+        # multi_positive caption sampling: m captions per image, grouped by image (the loss takes n * m texts)
+        captions = batch["captions"] if "caption_image_index" in batch else batch["caption"]
+        txt = self.encode_text(batch["text"], captions, slot=("fit",))
         return self.loss(img, txt)
 
     def training_step(self, batch: Mapping, batch_idx: int) -> torch.Tensor:
