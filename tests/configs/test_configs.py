@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from clipforge.utils.cli_export import convert_node, to_lightning_cli
 from clipforge.utils.hydra import compose
-from tests.helpers.configs import PRIMARIES, ablations, experiments, tiny_overrides
+from tests.helpers.configs import combinations, compose_cases, tiny_overrides
 
 EXTRA = {"eval": ["ckpt_path=/tmp/none.ckpt"]}
 
@@ -33,9 +33,7 @@ def _locate(target: str):
     return getattr(importlib.import_module(module), name)
 
 
-@pytest.mark.parametrize("primary", PRIMARIES)
-@pytest.mark.parametrize("experiment", experiments())
-@pytest.mark.parametrize("stage,ablation", ablations())
+@pytest.mark.parametrize("primary,experiment,stage,ablation", compose_cases())
 def test_compose_and_bind(primary, experiment, stage, ablation, tmp_path):
     cfg = compose(
         [f"experiment={experiment}", f"ablation/{stage}={ablation}", *EXTRA.get(primary, [])],
@@ -108,8 +106,7 @@ def _normalise(value):
     return value
 
 
-@pytest.mark.parametrize("experiment", experiments())
-@pytest.mark.parametrize("stage,ablation", ablations())
+@pytest.mark.parametrize("experiment,stage,ablation", combinations())
 def test_hydra_cli_round_trip(experiment, stage, ablation, tmp_path):
     from hydra.utils import instantiate
 
@@ -140,3 +137,26 @@ def test_hydra_cli_round_trip(experiment, stage, ablation, tmp_path):
     assert type(o1) is type(o2) and o1.defaults == o2.defaults
     assert _normalise(cli.datamodule.hparams) == _normalise(h_data.hparams)
     assert cli.trainer.max_epochs == cfg.trainer.max_epochs
+
+
+def _sweeps() -> list[str]:
+    from tests.helpers.configs import CONF
+
+    return sorted(
+        str(p.relative_to(CONF / "sweep").with_suffix("")) for p in (CONF / "sweep").rglob("*.yaml")
+    )
+
+
+@pytest.mark.parametrize("sweep", _sweeps())
+def test_every_sweep_value_composes(sweep, tmp_path):
+    """Each value of each swept parameter is a valid override of the sweep's experiment (named in its header)."""
+    from tests.helpers.configs import CONF
+
+    text = (CONF / "sweep" / f"{sweep}.yaml").read_text()
+    experiment = text.split("experiment=")[1].split()[0]
+    params = yaml.safe_load(text)["hydra"]["sweeper"]["params"]
+    assert params
+    for key, values in params.items():
+        for value in str(values).split(","):
+            cfg = compose([*tiny_overrides(experiment), f"{key}={value}"], output_dir=str(tmp_path))
+            assert cfg.get("data") is not None

@@ -19,6 +19,32 @@ def ablations() -> list[tuple[str, str]]:
     return [(s, p.stem) for s in STAGES for p in sorted((CONF / "ablation" / s).glob("*.yaml"))]
 
 
+ABLATION_TARGET = {"recap": "recap_clip", "enhance": "enhance_demo_train", "llm2clip": "llm2clip_demo"}
+"""The experiment a stage's ablation files modify (the stage's training recipe)."""
+
+
+def combinations() -> list[tuple[str, str, str]]:
+    """``(experiment, stage, ablation)`` to test: every experiment once (with its stage's empty ``none``), and
+    every ablation file with its stage's training experiment (one paper's ablations do not apply to another's
+    experiments)."""
+    exps = experiments()
+    out = [(e, stage_of(e) if stage_of(e) in STAGES else STAGES[0], "none") for e in exps]
+    for s, a in ablations():
+        target = (
+            ABLATION_TARGET[s]
+            if ABLATION_TARGET[s] in exps
+            else next((e for e in exps if stage_of(e) == s), None)
+        )
+        if a != "none" and target is not None:
+            out.append((target, s, a))
+    return out
+
+
+def compose_cases() -> list[tuple[str, str, str, str]]:
+    """``(primary, experiment, stage, ablation)``: experiments under every primary, ablations under ``train``."""
+    return [(p, e, s, a) for e, s, a in combinations() for p in (PRIMARIES if a == "none" else ("train",))]
+
+
 def stage_of(experiment: str) -> str:
     """`recap_*`, `enhance_*`, `llm2clip_*` belong to their stage; everything else is the CLIP baseline."""
     head = experiment.split("_")[0]
