@@ -127,14 +127,15 @@ def test_hydra_cli_round_trip(experiment, stage, ablation, tmp_path):
     for key in ("embed_dim", "cache_frozen_features"):
         if key in h_model.hparams:
             assert _normalise(cli.model.hparams[key]) == _normalise(h_model.hparams[key]), key
-    assert type(cli.model.loss) is type(h_model.loss)
-    assert cli.model.loss.state_dict().keys() == h_model.loss.state_dict().keys()
-    # both optimizer builders give the same optimizer with the same defaults
-    import torch
+    if hasattr(h_model, "loss"):
+        assert type(cli.model.loss) is type(h_model.loss)
+        assert cli.model.loss.state_dict().keys() == h_model.loss.state_dict().keys()
+    if hasattr(h_model, "optimizer_builder"):  # both builders give the same optimizer with the same defaults
+        import torch
 
-    params = [torch.nn.Parameter(torch.zeros(2, 2))]
-    o1, o2 = h_model.optimizer_builder(params), cli.model.optimizer_builder(params)
-    assert type(o1) is type(o2) and o1.defaults == o2.defaults
+        params = [torch.nn.Parameter(torch.zeros(2, 2))]
+        o1, o2 = h_model.optimizer_builder(params), cli.model.optimizer_builder(params)
+        assert type(o1) is type(o2) and o1.defaults == o2.defaults
     assert _normalise(cli.datamodule.hparams) == _normalise(h_data.hparams)
     assert cli.trainer.max_epochs == cfg.trainer.max_epochs
 

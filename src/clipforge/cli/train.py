@@ -69,7 +69,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
             metrics.update(flat_metrics(r))
     if trainer.is_global_zero:
         write_metrics(metrics, out_dir)
-        print_metrics(metrics, f"final metrics ({out_dir})", patterns=("retrieval/", "zeroshot/"))
+        print_metrics(metrics, f"final metrics ({out_dir})", patterns=("retrieval/", "zeroshot/", "lm_loss"))
     return metrics, objects
 
 

@@ -88,7 +88,7 @@ def load_run(run_dir: str, checkpoint: str | None = "best", build: bool = True) 
             run.model.configure_model()
         if run.checkpoint:
             state = torch.load(run.checkpoint, map_location="cpu", weights_only=False)
-            run.model.load_state_dict(state["state_dict"])
+            run.model.load_state_dict(state["state_dict"], strict=getattr(run.model, "strict_loading", True))
         run.model.eval()
     return run
 

@@ -1,0 +1,1 @@
+"""Vision + projector + LLM training shared by recap (``mini_llava``) and enhance (AITQE)."""

@@ -1,0 +1,326 @@
+"""VisionLanguageModel: AITQE folder layout, splice, inputs/labels, generation, towers, LoRA merge."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clipforge.models.lora import LoraSpec, apply_lora, has_lora, merged_state_dict
+from clipforge.models.projector import build_projector
+from clipforge.models.vlm import (
+    IGNORE_INDEX,
+    IMAGE_POSITION,
+    CausalLMSpec,
+    SiglipPatchVision,
+    SquareImageTransform,
+    TimmPatchVision,
+    VisionLanguageModel,
+    VLMSpec,
+)
+from tests.helpers.tiny_vlm import (
+    save_tiny_causal_lm,
+    save_tiny_siglip,
+    tiny_images,
+    tiny_spec,
+    write_released_aitqe,
+)
+
+PROMPTS = ["<image>\nDescribe the image.", "a question <image> about it", "no placeholder here"]
+ANSWERS = ["a cat", "a dog on a mat", ""]
+
+# config.json keys the official MMConfig / data processor read (modeling_mm.py, data_processor.py)
+AITQE_KEYS = {
+    "model_type",
+    "architectures",
+    "language_model_name_or_path",
+    "vision_model_name_or_path",
+    "mm_projector_type",
+    "image_aspect_ratio",
+    "image_token_index",
+    "pad_token_index",
+    "eos_token_index",
+    "IGNORE_INDEX",
+    "image_tile_tokens",
+    "pesudo_img_size",
+    "pesudo_patch_size",
+    "visual_hidden_dim",
+    "pooling_kernel",
+    "hidden_size",
+    "vocab_size",
+    "num_hidden_layers",
+}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """A tiny SigLIP folder and a tiny Qwen2 folder, saved with save_pretrained."""
+    root = tmp_path_factory.mktemp("vlm_parts")
+    return save_tiny_siglip(root / "tiny_siglip"), save_tiny_causal_lm(root / "tiny_qwen2")
+
+
+@pytest.fixture(scope="module")
+def vlm(folders):
+    """SigLIP + Qwen2 loaded from their folders, new projector: the AITQE architecture, tiny."""
+    torch.manual_seed(0)
+    siglip, qwen = folders
+    return VisionLanguageModel.build(VLMSpec(SiglipPatchVision(siglip), CausalLMSpec(qwen))).eval()
+
+
+def test_projector_is_linear_gelu_linear_without_bias():
+    p = build_projector("mlp", 12, 8)
+    assert [type(m).__name__ for m in p] == ["Linear", "GELU", "Linear"]
+    assert set(p.state_dict()) == {"0.weight", "0.bias", "2.weight"}
+    assert p(torch.randn(2, 5, 12)).shape == (2, 5, 8)
+    with pytest.raises(ValueError):
+        build_projector("qformer", 12, 8)
+
+
+def test_save_pretrained_writes_the_aitqe_layout_and_reloads_identical_logits(vlm, folders, tmp_path):
+    out = vlm.save_pretrained(str(tmp_path / "aitqe"))
+    config = json.loads((tmp_path / "aitqe" / "config.json").read_text())
+    assert AITQE_KEYS <= set(config)
+    assert config["model_type"] == "mm" and config["architectures"] == ["MMForCausalLM"]
+    assert (
+        config["image_tile_tokens"] == 16 == (config["pesudo_img_size"] // config["pesudo_patch_size"]) ** 2
+    )
+    assert config["visual_hidden_dim"] == 32 and config["vision_model_name_or_path"] == folders[0]
+    weights = load_file(os.path.join(out, "model.safetensors"))
+    for key in (
+        "model.model.embed_tokens.weight",
+        "model.model.layers.0.self_attn.q_proj.weight",
+        "model.lm_head.weight",
+        "vision_model.vision_model.embeddings.patch_embedding.weight",
+        "vision_model.vision_model.encoder.layers.1.mlp.fc2.weight",
+        "mm_projector.0.weight",
+        "mm_projector.0.bias",
+        "mm_projector.2.weight",
+        "image_newline",
+    ):
+        assert key in weights, key
+    assert "mm_projector.2.bias" not in weights
+    again = VisionLanguageModel.from_pretrained(out).eval()
+    inputs = vlm.build_inputs(PROMPTS, ANSWERS)
+    pixels = vlm.pixel_values(tiny_images(3))
+    with torch.no_grad():
+        assert torch.equal(
+            vlm(pixels, inputs["input_ids"], inputs["attention_mask"]),
+            again(pixels, inputs["input_ids"], inputs["attention_mask"]),
+        )
+
+
+def test_released_aitqe_folder_matches_the_official_forward(folders, tmp_path):
+    """A folder written like the released checkpoint loads, and gives the logits of the official splice."""
+    siglip_dir = folders[0]
+    ref = write_released_aitqe(tmp_path / "released", siglip_dir)
+    model = VisionLanguageModel.from_pretrained(
+        str(tmp_path / "released"), vision_model_name_or_path=siglip_dir
+    ).eval()
+    assert model.num_image_tokens == 16 and model.eos_token_id == ref["tokenizer"].eos_token_id
+    tok = ref["tokenizer"]
+    # the official prompt: image first, then "\n" + question, tokenized part by part without special tokens
+    text = tok("\nEvaluate the caption: a cat", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([[IMAGE_POSITION] * 16 + text])
+    mask = torch.ones_like(ids)
+    pixels = torch.randn(1, 3, 32, 32)
+    prompt = '<img_start>{"path": "x.png", "source": "localpath", "file_type": "I"}<img_end>\nEvaluate the caption: a cat'
+    assert torch.equal(model.build_inputs([prompt])["input_ids"], ids)
+    with torch.no_grad():
+        embeds = ref["llm"].model.embed_tokens(ids.clamp(min=0))
+        feats = ref["projector"](ref["vision"](pixels, output_hidden_states=True).hidden_states[-2])
+        where = torch.nonzero(ids == IMAGE_POSITION)
+        embeds.index_put_([where[:, 0], where[:, 1]], feats.reshape(-1, 32))
+        expected = ref["llm"](inputs_embeds=embeds, attention_mask=mask).logits
+        torch.testing.assert_close(model(pixels, ids, mask), expected)
+
+
+def test_splice_puts_projected_features_at_the_placeholder_positions(vlm):
+    inputs = vlm.build_inputs(PROMPTS, ANSWERS, padding_side="left")
+    pixels = vlm.pixel_values(tiny_images(3))
+    ids = inputs["input_ids"]
+    with torch.no_grad():
+        spliced = vlm.embed(pixels, ids)
+        feats = vlm.encode_images(pixels)
+        table = vlm.model.get_input_embeddings().weight
+    for b in range(ids.shape[0]):
+        j = 0
+        for t in range(ids.shape[1]):
+            if ids[b, t] == IMAGE_POSITION:
+                assert torch.equal(spliced[b, t], feats[b, j])
+                j += 1
+            else:
+                assert torch.equal(spliced[b, t], table[ids[b, t]])
+        assert j == vlm.num_image_tokens
+    broken = ids[:1].clone()
+    broken[0, (broken[0] == IMAGE_POSITION).nonzero()[0]] = 0  # 15 image positions for 16 features
+    with pytest.raises(ValueError, match="image positions"):
+        vlm.embed(pixels[:1], broken)
+
+
+def test_build_inputs_golden(vlm):
+    tok, n = vlm.tokenizer, vlm.num_image_tokens
+
+    def t(s):
+        return tok(s, add_special_tokens=False)["input_ids"]
+
+    eos, pad = vlm.eos_token_id, tok.pad_token_id
+    out = vlm.build_inputs(["ab <image> c", "d"], ["xy", "z"])
+    row0 = t("ab ") + [IMAGE_POSITION] * n + t(" c") + t("xy") + [eos]
+    row1 = [IMAGE_POSITION] * n + t("d") + t("z") + [eos]  # no placeholder: the image goes first
+    width = len(row0)
+    assert out["input_ids"].tolist() == [row0, row1 + [pad] * (width - len(row1))]
+    assert out["attention_mask"].tolist() == [[1] * width, [1] * len(row1) + [0] * (width - len(row1))]
+    assert out["labels"].tolist() == [
+        [IGNORE_INDEX] * (width - 3) + t("xy") + [eos],
+        [IGNORE_INDEX] * (len(row1) - 2) + t("z") + [eos] + [IGNORE_INDEX] * (width - len(row1)),
+    ]
+    left = vlm.build_inputs(["ab <image> c", "d"], padding_side="left")
+    assert "labels" not in left
+    assert left["input_ids"][1].tolist() == [pad] * (width - 3 - len(row1) + 2) + row1[:-2]
+    cut = vlm.build_inputs(["d"], ["a long answer"], max_length=n + 3)
+    assert cut["input_ids"].tolist() == [row1[:-2] + t("a long answer")[:2]]
+    with pytest.raises(ValueError, match="one image per prompt"):
+        vlm.build_inputs(["<image> and <image>"])
+    with pytest.raises(ValueError, match="max_length"):
+        vlm.build_inputs(["a long prompt"], ["x"], max_length=n + 2)
+
+
+def test_left_and_right_padding_give_the_same_logits(vlm):
+    pixels = vlm.pixel_values(tiny_images(3))
+    right = vlm.build_inputs(PROMPTS, ANSWERS)
+    left = vlm.build_inputs(PROMPTS, ANSWERS, padding_side="left")
+    with torch.no_grad():
+        a = vlm(pixels, right["input_ids"], right["attention_mask"])
+        b = vlm(pixels, left["input_ids"], left["attention_mask"])
+    for i in range(3):
+        n = int(right["attention_mask"][i].sum())
+        torch.testing.assert_close(a[i, :n], b[i, -n:], atol=1e-5, rtol=1e-5)
+
+
+def test_batched_generation_equals_one_at_a_time_greedy(vlm):
+    images = tiny_images(3)
+    batched = vlm.generate_text(images, PROMPTS, max_new_tokens=12)
+    single = [vlm.generate_text([im], [p], max_new_tokens=12)[0] for im, p in zip(images, PROMPTS)]
+    assert batched == single
+    assert any(batched)  # a random model still writes bytes
+    inputs = vlm.prepare_generation(images, PROMPTS)
+    out = vlm.generate(**inputs, max_new_tokens=4, do_sample=False, min_new_tokens=4)
+    assert out.shape == (3, inputs["input_ids"].shape[1] + 4)
+    assert torch.equal(out[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
+
+
+def test_tied_llama_with_timm_tower_round_trip(tmp_path):
+    """SmolLM2's shape (Llama, tied embeddings) with a timm tower: the LM head is stored once and re-tied."""
+    torch.manual_seed(0)
+    lm_dir = save_tiny_causal_lm(tmp_path / "llama", "llama", tie_word_embeddings=True)
+    vit = TimmPatchVision(
+        "vit_tiny_patch16_224",
+        image_size=32,
+        model_args={"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 16, "num_heads": 2},
+    )
+    vlm = VisionLanguageModel.build(VLMSpec(vit, CausalLMSpec(lm_dir))).eval()
+    out = vlm.save_pretrained(str(tmp_path / "vlm"))
+    weights = load_file(os.path.join(out, "model.safetensors"))
+    assert "model.lm_head.weight" not in weights and "vision_model.model.patch_embed.proj.weight" in weights
+    again = VisionLanguageModel.from_pretrained(out).eval()
+    assert again.model.lm_head.weight is again.model.model.embed_tokens.weight
+    inputs = vlm.build_inputs(PROMPTS, ANSWERS)
+    pixels = vlm.pixel_values(tiny_images(3))
+    with torch.no_grad():
+        assert torch.equal(
+            vlm(pixels, inputs["input_ids"], inputs["attention_mask"]),
+            again(pixels, inputs["input_ids"], inputs["attention_mask"]),
+        )
+    assert type(again.vision) is TimmPatchVision and again.image_transform(False).image_size == 32
+
+
+def test_from_pretrained_rejects_incomplete_or_foreign_weights(vlm, tmp_path):
+    from safetensors.torch import save_file
+
+    out = vlm.save_pretrained(str(tmp_path / "ok"))
+    weights = load_file(os.path.join(out, "model.safetensors"))
+    save_file(
+        {k: v for k, v in weights.items() if not k.startswith("mm_projector.2")}, f"{out}/model.safetensors"
+    )
+    with pytest.raises(ValueError, match="missing weights"):
+        VisionLanguageModel.from_pretrained(out)
+    save_file({**weights, "extra.weight": torch.zeros(1)}, f"{out}/model.safetensors")
+    with pytest.raises(ValueError, match="unexpected weights"):
+        VisionLanguageModel.from_pretrained(out)
+
+
+def test_timm_feature_map_tokens_are_row_major_and_poolable():
+    spec = TimmPatchVision("tf_efficientnet_lite0", image_size=64)
+    assert spec.num_tokens == 4 and spec.feature_dim == 1280 and spec.patch_size == 32
+    tower = spec.build().eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        fmap = tower.model.forward_features(x)
+        tokens = tower(x)
+    for i in range(2):
+        for j in range(2):
+            assert torch.equal(tokens[:, i * 2 + j], fmap[:, :, i, j])
+    pooled = TimmPatchVision("tf_efficientnet_lite0", image_size=96, pool_to=2)
+    assert pooled.num_tokens == 4 and pooled.patch_size == 48
+    with torch.no_grad():
+        out = pooled.build().eval()(torch.randn(1, 3, 96, 96))
+    assert out.shape == (1, 4, 1280)
+
+
+def test_square_transform_matches_siglip_image_processor(folders):
+    from transformers import SiglipImageProcessor
+
+    siglip = SiglipPatchVision(folders[0])
+    tf = siglip.image_transform(False)
+    assert isinstance(tf, SquareImageTransform) and tf.image_size == 32
+    proc = SiglipImageProcessor.from_pretrained(folders[0])
+    for image in tiny_images(2):
+        expected = proc(image, return_tensors="pt")["pixel_values"][0]
+        torch.testing.assert_close(tf(image), expected, atol=2e-2, rtol=0)
+
+
+def test_lora_merged_state_dict_equals_peft_merge(folders):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(folders[1])
+    model = apply_lora(copy.deepcopy(base), LoraSpec(r=4, alpha=8, target_modules=["q_proj", "down_proj"]))
+    assert has_lora(model)
+    for name, p in model.named_parameters():
+        assert p.requires_grad == ("lora_" in name), name
+        if "lora_B" in name:
+            torch.nn.init.normal_(p)  # B starts at zero: make the delta non-trivial
+    expected = copy.deepcopy(model)
+    from peft.tuners.lora import LoraLayer
+
+    for m in expected.modules():
+        if isinstance(m, LoraLayer):
+            m.merge()
+    merged = merged_state_dict(model)
+    assert list(merged) == list(base.state_dict())
+    for k, v in merged.items():
+        ref = expected.get_submodule(k.rsplit(".", 1)[0])
+        ref = ref.get_base_layer() if isinstance(ref, LoraLayer) else ref
+        torch.testing.assert_close(v, getattr(ref, k.rsplit(".", 1)[1]), msg=k)
+    assert not torch.equal(
+        merged["model.layers.0.self_attn.q_proj.weight"],
+        base.state_dict()["model.layers.0.self_attn.q_proj.weight"],
+    )
+    # a peft.PeftModel wrapper is looked through (keys of its base model)
+    wrapped = get_peft_model(copy.deepcopy(base), LoraConfig(r=2, target_modules=["v_proj"]))
+    assert list(merged_state_dict(wrapped)) == list(base.state_dict())
+
+
+def test_spec_validation():
+    with pytest.raises(ValueError):
+        SiglipPatchVision()
+    with pytest.raises(ValueError):
+        CausalLMSpec()
+    with pytest.raises(ValueError):
+        CausalLMSpec(config={"model_type": "qwen2"})  # no tokenizer
+    with pytest.raises(ValueError):
+        VLMSpec(tiny_spec().vision, tiny_spec().llm, dtype="float99")
