@@ -33,6 +33,8 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_retrieval.py
 	$(BIN)/python benchmarks/bench_clip_train.py
+	$(BIN)/python benchmarks/bench_shear.py
+	$(BIN)/python benchmarks/bench_recap_generate.py --images 32 --batch-sizes 16 32 --repeats 3 --threads 1
 
 clean:
 	rm -rf $(VENV) logs .pytest_cache
