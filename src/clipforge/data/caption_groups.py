@@ -33,7 +33,7 @@ from clipforge.data.datamodule import per_device_batch_size
 from clipforge.data.errors import DataConfigError
 from clipforge.data.readers import read_records
 from clipforge.data.records import ErrorRecord
-from clipforge.data.specs import DatasetSpec, as_spec_list, is_empty_slot
+from clipforge.data.specs import DatasetSpec, as_spec_list, as_spec_or_list, is_empty_slot
 
 
 @dataclass
@@ -380,7 +380,8 @@ class CaptionTripletDataModule(_CaptionGroupsDataModule):
         same_kind_instruction: str = "",
     ) -> None:
         super().__init__()
-        train, val = as_spec_list(train), as_spec_list(val)
+        # normalised before save_hyperparameters, so Hydra (dicts) and jsonargparse (dataclasses) save the same
+        train, val = as_spec_or_list(train), as_spec_or_list(val)
         self.save_hyperparameters(logger=False)
         self._init_groups(train, val)
 
@@ -440,7 +441,8 @@ class TextBlockDataModule(_CaptionGroupsDataModule):
         max_caption_chars: int = 2000,
     ) -> None:
         super().__init__()
-        train, val = as_spec_list(train), as_spec_list(val)
+        # normalised before save_hyperparameters, so Hydra (dicts) and jsonargparse (dataclasses) save the same
+        train, val = as_spec_or_list(train), as_spec_or_list(val)
         self.save_hyperparameters(logger=False)
         self._init_groups(train, val)
 
