@@ -22,7 +22,9 @@ import statistics
 import time
 from pathlib import Path
 
-DEFAULT = Path(__file__).resolve().parents[2] / "shared/data/coco-captions-text/annotations/captions_val2017.json"
+DEFAULT = (
+    Path(__file__).resolve().parents[2] / "shared/data/coco-captions-text/annotations/captions_val2017.json"
+)
 
 
 def pairs(path: Path) -> list[tuple[str, str]]:
@@ -67,7 +69,9 @@ def main() -> None:
             "cold_captions_per_s": len(data) / times[0],
             "captions_per_s": len(data) / statistics.median(times[1:]),
         }
-    results["speedup"] = results["clipforge"]["captions_per_s"] / results["peer_encode_decode"]["captions_per_s"]
+    results["speedup"] = (
+        results["clipforge"]["captions_per_s"] / results["peer_encode_decode"]["captions_per_s"]
+    )
     # the two rules agree on length: ours never exceeds the budget
     over = sum(len(tok.encode(policy(r, e))) > max(1, len(tok.encode(r))) for r, e in data)
     results["pairs"], results["clipforge_over_budget"] = len(data), over
