@@ -2,9 +2,14 @@
 
     clipforge-eval experiment=demo_clip ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt \\
         data.val.path=coco_val.json data.val.image_root=images/
+    clipforge-eval cra --encoder <run>/encoder --data captions_val2017.json [--val_fraction 0.2]
+
+The ``cra`` form measures caption retrieval accuracy of a text encoder folder (:mod:`clipforge.cli.cra`).
 """
 
 from __future__ import annotations
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -37,5 +42,16 @@ def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console entry: ``clipforge-eval cra ...`` runs :func:`clipforge.cli.cra.main`, anything else Hydra eval."""
+    if len(sys.argv) > 1 and sys.argv[1] == "cra":
+        from clipforge.cli import cra
+
+        sys.argv = ["clipforge-eval cra", *sys.argv[2:]]
+        cra.main(sys.argv[1:])
+        return
     main()
+
+
+if __name__ == "__main__":
+    cli()
