@@ -117,7 +117,17 @@ def test_cra_cli_on_the_export_reproduces_the_validation(stage1, tmp_path):
     assert json.loads((tmp_path / "cra.json").read_text())["cra_pairs"] == result["cra_pairs"]
     # the console form, as users run it: clipforge-eval cra ...
     script = os.path.join(os.path.dirname(sys.executable), "clipforge-eval")
-    cmd = [script, "cra", "--encoder", str(out / "encoder"), "--data", stage1["data"], "--causal", "--limit", "5"]
+    cmd = [
+        script,
+        "cra",
+        "--encoder",
+        str(out / "encoder"),
+        "--data",
+        stage1["data"],
+        "--causal",
+        "--limit",
+        "5",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     causal = json.loads(proc.stdout[proc.stdout.index("{") :])
