@@ -90,6 +90,27 @@ def test_resume_continues_from_last_checkpoint(trained, tmp_path):
     assert resumed["trainer"].global_step == steps + steps // 2  # one more epoch of the same length
 
 
+def test_last_checkpoint_is_the_latest_epoch_even_when_the_best_is_older(tmp_path):
+    """last.ckpt (the resume point) follows every epoch, not only epochs that improve the monitored metric."""
+    from clipforge.cli.train import train
+    from clipforge.utils.runs import find_checkpoint
+
+    cfg = compose(
+        [
+            *TINY,
+            "trainer.max_epochs=3",
+            "callbacks.model_checkpoint.monitor=epoch",
+            "callbacks.model_checkpoint.mode=min",
+        ],
+        output_dir=str(tmp_path),
+    )
+    _, objects = train(cfg)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == objects["trainer"].global_step and last["epoch"] == 2
+    best = find_checkpoint(str(tmp_path), "best")
+    assert os.path.basename(best) == "epoch_000.ckpt"  # the monitored callback's choice, read from last.ckpt
+
+
 def test_generate_writes_embeddings_matching_the_model(trained, tmp_path):
     from clipforge.cli.generate import generate
 

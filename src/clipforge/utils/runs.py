@@ -57,7 +57,8 @@ def find_checkpoint(run_dir: str, which: str = "best") -> str | None:
         return last
     state = torch.load(last, map_location="cpu", weights_only=False)
     for key, value in state.get("callbacks", {}).items():
-        if key.startswith("ModelCheckpoint") and value.get("best_model_path"):
+        # the monitored ModelCheckpoint (last_checkpoint has no monitor: its "best" is last.ckpt itself)
+        if key.startswith("ModelCheckpoint") and value.get("monitor") and value.get("best_model_path"):
             best = value["best_model_path"]
             # runs can be moved: resolve the file name inside this run's checkpoints/ folder
             local = os.path.join(run_dir, "checkpoints", os.path.basename(best))
