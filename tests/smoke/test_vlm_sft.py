@@ -118,6 +118,32 @@ def test_lora_stage_trains_only_adapters_and_projector_and_exports_merged(stage1
     assert torch.equal(exported.state_dict()[vision], start.state_dict()[vision])
 
 
+def test_export_holds_the_best_checkpoint_not_the_last_weights(tmp_path):
+    """The exported folder is the monitored best epoch (here the worst loss, mode=max, so it is not the last)."""
+    torch.manual_seed(0)
+    module = VLMSFTModule(tiny_spec(), _optimizer(1e-2), export_subdir="best")
+    dm = ImageTextDataModule(
+        train={"path": "synthetic", "limit": 4},
+        val={"path": "synthetic", "limit": 4},
+        batch_size=4,
+        caption_sampling="first",
+    )
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=str(tmp_path / "ckpt"), monitor="val/lm_loss", mode="max", save_top_k=-1, save_last=True
+    )
+    trainer = _trainer(tmp_path, max_epochs=3, limit_val_batches=1.0, callbacks=[checkpoint])
+    trainer.fit(module, datamodule=dm)
+    best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+    last = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    exported = VisionLanguageModel.from_pretrained(str(tmp_path / "best")).state_dict()
+    keys = [k for k in best if k.startswith("vlm.mm_projector.")]
+    assert keys and "epoch=2" not in checkpoint.best_model_path
+    assert any(not torch.equal(best[k], last[k]) for k in keys)
+    for k in keys:
+        assert torch.equal(exported[k.removeprefix("vlm.")], best[k]), k
+        assert torch.equal(module.state_dict()[k], last[k]), k  # the module itself keeps its last weights
+
+
 def test_captioner_over_the_export_equals_generate_text(stage1):
     path = stage1[0]
     captioner = VLMCaptioner(path, decoding={"max_new_tokens": 8}, batch_size=2)

@@ -257,10 +257,24 @@ class VLMSFTModule(L.LightningModule):
         return os.path.join(self.trainer.default_root_dir, sub) if sub else None
 
     def on_train_end(self) -> None:
+        """Export the best checkpoint's weights (the monitored one; the last weights without a monitor)."""
         path = self.export_dir()
-        if path and self.trainer.is_global_zero:
+        if not path:
+            return
+        callback = self.trainer.checkpoint_callback
+        best = getattr(callback, "best_model_path", "") if callback is not None else ""
+        live = None
+        if best and os.path.exists(best):  # swap the best weights in for the export, then back
+            state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+            current = self.state_dict()
+            live = {k: current[k].detach().clone() for k in state if k in current}
+            self.load_state_dict(state, strict=False)  # trainable-only checkpoints: the rest is unchanged
+            log.info("exporting the best checkpoint %s", best)
+        if self.trainer.is_global_zero:
             self.vlm.save_pretrained(path)
             log.info("exported the trained VLM to %s", path)
+        if live is not None:
+            self.load_state_dict(live, strict=False)
 
     def _trainable_names(self) -> set[str]:
         return {n for n, p in self.named_parameters() if p.requires_grad}
