@@ -1,0 +1,162 @@
+"""AITQE scoring throughput: the batched scoring job vs the official one-pair-per-call loop, same model; and what
+stopping at ``<Overall>`` saves over ``output_all``.
+
+    PYTHONPATH=. python benchmarks/bench_enhance_score.py --model_path <enhance_demo_train run>/aitqe \\
+        [--pairs 32 --batch-sizes 8 16 32 --repeats 2 --threads 2 --json out.json]
+
+Pairs: the first caption of the first ``--pairs`` photos of ``../shared/data/coco-dev``, plus (every other pair)
+a caption of another photo, so both weak and good pairs (and answers with and without a Recaption) occur.
+
+* ``official``: the seed's ``eval_single_node`` per pair: open the image, build the official prompt, one greedy
+  ``generate`` (batch 1, ``stop_strings=["<Overall>"]``), decode, parse (:func:`clipforge.cli.aitqe.evaluate_pair`).
+* ``batched B``: what ``EnhanceScoreModule.predict_step`` runs per batch: open the B images, apply the model's
+  square transform, one left-padded ``generate`` over the B prompts, decode, parse.
+
+Both include image decoding and parsing and exclude model loading; each repeat times every configuration once after
+one warm-up call, and the figure is the median pairs/s over repeats. Greedy decoding with a correct attention mask
+gives the same answers at any batch size: the script counts the parsed results that differ from the official loop's.
+
+Stop vs ``output_all``: the cost of an answer is its length. The seed's example output (the README's ``--output_all``
+answer) is tokenized with the model's tokenizer: the default mode generates the tokens up to ``<Overall>``, the full
+mode all of them. Generation of exactly that many tokens (``min_new_tokens = max_new_tokens``) is timed at batch 1
+and at the largest batch size, so the figure holds for any model of this size writing the official answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def coco_pairs(n: int) -> list[tuple[str, str]]:
+    """``n`` (image path, caption) pairs of coco-dev: the first caption of photo i, or of photo i+1 for odd i."""
+    from clipforge.data.readers import read_records
+    from clipforge.data.specs import DatasetSpec
+
+    data = Path(os.environ.get("CLIPFORGE_DATA_DIR", ROOT.parent / "shared" / "data")) / "coco-dev"
+    spec = DatasetSpec(
+        path=str(data / "annotations" / "captions_train2017.json"), image_root=str(data / "train2017")
+    )
+    records, _ = read_records(spec)
+    records = records[: n + 1]
+    return [(records[i].image, records[i + (i % 2)].captions[0]) for i in range(n)]
+
+
+def official(vlm, pairs) -> tuple[float, list]:
+    from clipforge.cli.aitqe import evaluate_pair
+    from clipforge.data.images import load_image
+
+    t0 = time.perf_counter()
+    out = [evaluate_pair(vlm, load_image(path), caption, path) for path, caption in pairs]
+    return time.perf_counter() - t0, out
+
+
+def batched(module, pairs, batch_size: int) -> tuple[float, list]:
+    from clipforge.data.images import load_image
+
+    transform = module.image_transform(False)
+    t0 = time.perf_counter()
+    out = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        images = torch.stack([transform(load_image(path)) for path, _ in chunk])
+        out += module.score(images, [caption for _, caption in chunk])
+    return time.perf_counter() - t0, out
+
+
+def forced_length(vlm, n_tokens: int, batch_size: int, pairs) -> float:
+    """Seconds per pair to generate exactly ``n_tokens`` for ``batch_size`` pairs at once."""
+    from clipforge.data.images import load_image
+    from clipforge.tasks.enhance.prompt import build_prompt
+
+    chunk = (pairs * batch_size)[:batch_size]
+    images = [load_image(path) for path, _ in chunk]
+    inputs = vlm.prepare_generation(images, [build_prompt(c) for _, c in chunk])
+    t0 = time.perf_counter()
+    vlm.generate(**inputs, max_new_tokens=n_tokens, min_new_tokens=n_tokens, do_sample=False, num_beams=1)
+    return (time.perf_counter() - t0) / batch_size
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--model_path", required=True, help="an AITQE-format folder (enhance_demo_train's <run>/aitqe)"
+    )
+    p.add_argument("--pairs", type=int, default=32)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32])
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from tests.unit.test_enhance_parse import SEED_OUTPUT
+
+    from clipforge.tasks.enhance.prompt import OVERALL_MARKER
+    from clipforge.tasks.enhance.scorer import EnhanceScoreModule
+
+    module = EnhanceScoreModule(model_path=args.model_path)
+    module.configure_model()
+    vlm = module.vlm
+    pairs = coco_pairs(args.pairs)
+    with torch.inference_mode():
+        official(vlm, pairs[:1])  # warm-up
+        batched(module, pairs[:2], 2)
+        times: dict[str, list[float]] = {"official": []} | {f"batched_{b}": [] for b in args.batch_sizes}
+        results: dict[str, list] = {}
+        for r in range(args.repeats):
+            names = list(times)
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                if name == "official":
+                    seconds, out = official(vlm, pairs)
+                else:
+                    seconds, out = batched(module, pairs, int(name.split("_")[1]))
+                times[name].append(len(pairs) / seconds)
+                results[name] = [(o.overall, o.recaption) for o in out]
+        tok = vlm.tokenizer
+        n_stop = len(
+            tok(
+                SEED_OUTPUT[: SEED_OUTPUT.index(OVERALL_MARKER) + len(OVERALL_MARKER)],
+                add_special_tokens=False,
+            )["input_ids"]
+        )
+        n_all = len(tok(SEED_OUTPUT, add_special_tokens=False)["input_ids"]) + 1  # + EOS
+        big = max(args.batch_sizes)
+        length = {
+            f"{mode}_b{b}": statistics.median(forced_length(vlm, n, b, pairs) for _ in range(args.repeats))
+            for mode, n in (("stop", n_stop), ("all", n_all))
+            for b in (1, big)
+        }
+    rate = {k: statistics.median(v) for k, v in times.items()}
+    mismatches = {
+        k: sum(a != b for a, b in zip(v, results["official"])) for k, v in results.items() if k != "official"
+    }
+    report = {
+        "model_path": args.model_path,
+        "pairs": len(pairs),
+        "threads": args.threads,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}",
+        "pairs_per_s": rate,
+        "speedup_vs_official": {k: v / rate["official"] for k, v in rate.items() if k != "official"},
+        "results_differing_from_official": mismatches,
+        "answer_tokens": {"stop_at_overall": n_stop, "output_all": n_all},
+        "seconds_per_pair": length,
+        "stop_saving": {f"b{b}": 1 - length[f"stop_b{b}"] / length[f"all_b{b}"] for b in (1, big)},
+        "answers_with_recaption": {k: sum(o[1] is not None for o in v) for k, v in results.items()},
+    }
+    print(json.dumps(report, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

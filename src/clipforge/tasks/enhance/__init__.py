@@ -1,0 +1,1 @@
+"""Stage ``enhance``: an AITQE-style quality enhancer that scores image-caption pairs and rewrites weak ones."""
