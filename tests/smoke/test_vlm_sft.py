@@ -144,6 +144,26 @@ def test_export_holds_the_best_checkpoint_not_the_last_weights(tmp_path):
         assert torch.equal(module.state_dict()[k], last[k]), k  # the module itself keeps its last weights
 
 
+def test_validation_targets_are_the_same_every_epoch(tmp_path):
+    """A formatter that draws random negatives (AITQE) draws fixed ones in validation: val/lm_loss is comparable."""
+    from clipforge.tasks.enhance.formatter import AITQEFormatter
+
+    torch.manual_seed(0)
+    formatter = AITQEFormatter(neg_prob=0.5)
+    module = VLMSFTModule(tiny_spec(), _optimizer(1e-2), formatter=formatter, export_subdir=None)
+    dm = ImageTextDataModule(val={"path": "synthetic", "limit": 8}, batch_size=4, caption_sampling="first")
+    trainer = _trainer(tmp_path, limit_val_batches=1.0)
+    first, second = (
+        trainer.validate(module, datamodule=dm, verbose=False)[0]["val/lm_loss"] for _ in range(2)
+    )
+    assert first == second and formatter.fixed is False
+    rows = [
+        {"key": str(i), "caption": "a red bus on a street", "captions": ["a red bus on a street"]}
+        for i in range(8)
+    ]
+    assert len({formatter(r) for r in rows for _ in range(3)}) > 1  # training draws differ
+
+
 def test_captioner_over_the_export_equals_generate_text(stage1):
     path = stage1[0]
     captioner = VLMCaptioner(path, decoding={"max_new_tokens": 8}, batch_size=2)

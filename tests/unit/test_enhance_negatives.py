@@ -180,3 +180,16 @@ def test_formatter_negative_probability_and_round_trip(gen):
         a = parse_output(answer)
         assert a.complete(output_all=True) and a.recaption in CAPTIONS
         assert prompt.split("Evaluate the caption: ")[1].split("\n")[0] != CAPTIONS[0] or a.overall >= 5
+
+
+def test_fixed_formatter_draws_the_same_target_every_time(gen):
+    """Validation (``fixed``) scores the same negatives every epoch; training draws anew."""
+    row = {"key": "1", "caption": CAPTIONS[0], "captions": CAPTIONS, "meta": {"image_id": 1}}
+    f = AITQEFormatter(gen, neg_prob=0.5)
+    assert len({f(row) for _ in range(30)}) > 1
+    f.fixed = True
+    first = f(row)
+    assert all(f(row) == first for _ in range(30))
+    fresh = AITQEFormatter(gen, neg_prob=0.5)  # no call history: the same target
+    fresh.fixed = True
+    assert fresh(row) == first

@@ -30,6 +30,9 @@ class AITQEFormatter:
         output_all: train on the full answer (explanations and aspect scores); ``False`` = only ``Recaption``
             and ``Overall Score`` (what the default stop-at-``<Overall>`` inference reads; 5-10x shorter).
         seed: seed of the negative sampling (each call draws anew, so every epoch sees other negatives).
+
+    ``fixed`` (set by :class:`~clipforge.tasks.vlm.sft.VLMSFTModule` during validation) makes a row's target depend
+    on the row only, so every validation epoch scores the same negatives and ``val/lm_loss`` is comparable.
     """
 
     def __init__(
@@ -45,6 +48,7 @@ class AITQEFormatter:
         self.negatives = negatives if negatives is not None else NegativeGenerator()
         self.neg_prob, self.rewrite, self.output_all, self.seed = neg_prob, rewrite, output_all, seed
         self._calls = 0
+        self.fixed = False
 
     def annotate(self, row: Mapping) -> Annotation:
         """The target judgement of a row (its own, a negative or a graded positive)."""
@@ -56,7 +60,8 @@ class AITQEFormatter:
         key = str(row.get("key", ""))
         captions = list(row.get("captions") or [caption])
         self._calls += 1
-        rng = random.Random(f"{self.seed}:{key}:{caption}:{self._calls}")
+        draw = "val" if self.fixed else self._calls
+        rng = random.Random(f"{self.seed}:{key}:{caption}:{draw}")
         if self.neg_prob > 0 and rng.random() < self.neg_prob:
             negative = self.negatives.negative(key, caption, captions, meta, rng)
             if negative is not None:

@@ -243,6 +243,16 @@ class VLMSFTModule(L.LightningModule):
         self.log("train/answer_tokens", float(tokens), batch_size=bs)
         return sum(out.values())
 
+    def on_validation_epoch_start(self) -> None:
+        if hasattr(
+            self.formatter, "fixed"
+        ):  # the same targets every validation epoch (random ones in training)
+            self.formatter.fixed = True
+
+    def on_validation_epoch_end(self) -> None:
+        if hasattr(self.formatter, "fixed"):
+            self.formatter.fixed = False
+
     def validation_step(self, batch: Mapping, batch_idx: int, dataloader_idx: int = 0) -> None:
         if not batch["key"]:
             return
