@@ -35,6 +35,10 @@ bench: setup
 	$(BIN)/python benchmarks/bench_clip_train.py
 	$(BIN)/python benchmarks/bench_shear.py
 	$(BIN)/python benchmarks/bench_recap_generate.py --images 32 --batch-sizes 16 32 --repeats 3 --threads 1
+	$(BIN)/python benchmarks/bench_llm2clip_cache.py --configs lit --repeats 3
+	$(BIN)/python benchmarks/bench_llm2clip_embed.py
+	# the enhancer benchmark needs a trained enhancer: make bench ENHANCER=<enhance_demo_train run>/aitqe
+	$(if $(ENHANCER),PYTHONPATH=. $(BIN)/python benchmarks/bench_enhance_score.py --model_path $(ENHANCER) --repeats 3)
 
 clean:
 	rm -rf $(VENV) logs .pytest_cache

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from tests.helpers.tiny_models import TINY_DECODER
+
 CORPUS = [
     "a cat sitting on a sofa",
     "a dog chasing a ball in the park",
@@ -59,11 +61,7 @@ def save_tiny_llm(path, kind: str = "llama", seed: int = 0) -> str:
     tok = tiny_tokenizer(add_bos=kind == "llama")
     common = dict(
         vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
+        **{**TINY_DECODER, "num_attention_heads": 4, "num_key_value_heads": 2},
         max_position_embeddings=128,
         eos_token_id=tok.eos_token_id,
         bos_token_id=tok.bos_token_id,

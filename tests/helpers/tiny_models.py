@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import os
 
+# the 2-layer decoder shape every tiny causal LM of the test helpers shares (Llama / Qwen2 / Mistral config kwargs)
+TINY_DECODER = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64
+)
+
 CORPUS = [
     "a cat sitting on a sofa",
     "a dog chasing a ball in the park",
@@ -70,11 +75,7 @@ def save_tiny_hf_model(path, kind: str) -> str:
     else:
         cfg = LlamaConfig(
             vocab_size=len(tok),
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            intermediate_size=64,
+            **TINY_DECODER,
             max_position_embeddings=64,
             eos_token_id=tok.eos_token_id,
             bos_token_id=tok.bos_token_id,

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 
-from tests.helpers.tiny_models import CORPUS
+from tests.helpers.tiny_models import CORPUS, TINY_DECODER
 
 PROMPT_WORDS = [
     "Describe in English: Express emotional or artistic response:",
@@ -105,11 +105,7 @@ def save_tiny_llava(path) -> str:
     )
     text = LlamaConfig(
         vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        intermediate_size=64,
+        **TINY_DECODER,
         max_position_embeddings=256,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
@@ -244,11 +240,7 @@ def save_tiny_chat_llama(path) -> str:
     tok.chat_template = SMOLLM2_TEMPLATE
     cfg = LlamaConfig(
         vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        intermediate_size=64,
+        **TINY_DECODER,
         max_position_embeddings=256,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
