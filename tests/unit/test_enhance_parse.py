@@ -74,7 +74,13 @@ def test_default_mode_output_stopped_at_the_overall_marker():
         assert r.complete(output_all=False) and not r.complete(output_all=True)
     assert parse_output(stopped).problems == []  # the expected default-mode answer is not a defect
     assert parse_output(official).problems == ["not_json"]
-    assert parse_output('{"Overall Score": "8<Overall>').problems == []
+    for cut in (
+        '{"Overall Score": "8<Overall>',
+        '{"Overall Score": "8<Overall>"',
+        '{"Overall Score": "8<Overall>"\n',
+    ):
+        r = parse_output(cut)
+        assert (r.overall, r.problems) == (8, []), cut
 
 
 def test_every_truncation_of_the_seed_output_parses_and_keeps_what_is_there():

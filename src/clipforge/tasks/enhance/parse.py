@@ -209,8 +209,9 @@ def parse_output(text: object) -> AITQEResult:
     raw = _as_text(text)
     result = AITQEResult(raw=raw)
     cleaned = _FENCE_RE.sub("", raw)
-    if cleaned.rstrip().endswith(OVERALL_MARKER):  # the default mode's answer, cut by the stop string
-        cleaned = cleaned.rstrip() + '"}'
+    tail = cleaned.rstrip()  # the default mode's answer, cut by the stop string (inside or after its token)
+    if tail.endswith(OVERALL_MARKER) or tail.endswith(OVERALL_MARKER + '"'):
+        cleaned = tail + ("}" if tail.endswith('"') else '"}')
     obj = _load_object(cleaned)
     if obj is None:
         result.problems.append("not_json")
