@@ -52,6 +52,13 @@ def test_actions(cfg, expected):
     assert [decide(p, cfg) for p in PAIRS] == expected
 
 
+def test_a_recaption_equal_to_the_caption_is_no_rewrite():
+    same = {**_pair("s", 2, recaption="Caption  S."), "caption": "caption s"}
+    assert decide(same, PolicyConfig()) == "keep"
+    assert decide(same, PolicyConfig(no_recaption_action="drop")) == "drop"
+    assert decide({**same, "recaption": "caption s with a dog"}, PolicyConfig()) == "rewrite"
+
+
 def test_rows_and_report_of_keep_both():
     rows, report = apply_policy(PAIRS, PolicyConfig(low_action="keep_both"))
     assert [(r["key"], r["caption"], r["rewritten"], r["final_overall"]) for r in rows] == [

@@ -48,7 +48,8 @@ class PolicyConfig:
         overall_threshold: ``threshold`` rule: overall scores at or below this are low quality.
         aspect_thresholds: ``threshold`` rule: aspect slug -> a score at or below this is low quality.
         low_action: action of low-quality pairs: ``rewrite``, ``keep_both``, ``drop`` or ``keep``.
-        no_recaption_action: action of a low-quality pair that has no recaption: ``keep`` or ``drop``.
+        no_recaption_action: action of a low-quality pair that has no recaption (or one equal to its caption up to
+            case, punctuation and spacing): ``keep`` or ``drop``.
         drop_threshold: pairs whose overall score is at or below this are dropped (``None`` = never).
         error_action: action of pairs without a score (image or output unreadable): ``keep`` or ``drop``.
         select_k: keep at most this many rows (the data budget); ``None`` = all.
@@ -113,9 +114,20 @@ def decide(pair: Mapping, cfg: PolicyConfig) -> str:
         return "drop"
     if not is_low_quality(pair, cfg):
         return "keep"
-    if cfg.low_action in ("rewrite", "keep_both") and not pair.get("recaption"):
-        return cfg.no_recaption_action
+    if cfg.low_action in ("rewrite", "keep_both") and (
+        not pair.get("recaption") or _same_text(pair["recaption"], pair.get("caption") or "")
+    ):
+        return cfg.no_recaption_action  # no rewrite, or one that only changes case, spacing or punctuation
     return cfg.low_action
+
+
+def _same_text(a: str, b: str) -> bool:
+    """Equal up to case, punctuation and whitespace."""
+
+    def norm(t: str) -> str:
+        return " ".join("".join(c if c.isalnum() else " " for c in t.lower()).split())
+
+    return norm(a) == norm(b)
 
 
 def _rows_of(pair: Mapping, action: str) -> list[dict]:
