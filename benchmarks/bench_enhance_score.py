@@ -69,7 +69,7 @@ def batched(module, pairs, batch_size: int) -> tuple[float, list]:
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         images = torch.stack([transform(load_image(path)) for path, _ in chunk])
-        out += module.score(images, [caption for _, caption in chunk])
+        out += [result for result, _expected in module.score(images, [caption for _, caption in chunk])]
     return time.perf_counter() - t0, out
 
 
