@@ -97,6 +97,23 @@ def test_rows_are_aligned_with_their_images_and_errors_recorded(reference, photo
     assert summary["mean_width"] == pytest.approx(np.mean([r["size"][0] for r in rows]))
 
 
+def test_rerun_of_a_finished_job_rebuilds_the_merged_outputs(reference, photos, tmp_path):
+    """Every shard written: nothing is recomputed, the merge and the module hook run again from the shards."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    shards = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("shard-*.jsonl")}
+    for name in ("predictions.jsonl", "summary.json", "errors.jsonl"):
+        (out / name).unlink()
+    _run(photos, out)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("shard-*.jsonl")} == shards
+    assert (out / "predictions.jsonl").read_text() == (reference / "predictions.jsonl").read_text()
+    assert (out / "errors.jsonl").read_text() == (reference / "errors.jsonl").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == json.loads((reference / "summary.json").read_text()) and "mean_width" in summary
+
+
 def test_kill_then_rerun_gives_exactly_the_uninterrupted_rows(reference, photos, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(

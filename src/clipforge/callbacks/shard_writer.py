@@ -138,6 +138,7 @@ class ShardWriter(BasePredictionWriter):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "predict":
             return
+        self.merged = False
         dm = self._datamodule(trainer)
         plan = dm.predict_plan()
         digest = {s.name: _plan_digest(s.keys) for s in plan}
@@ -203,6 +204,13 @@ class ShardWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.strategy.barrier("shard_writer.end")
+        self.merge(trainer, pl_module)
+
+    def merge(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Merge the shards (rank 0) and call the module's ``on_predictions_merged``. Also what a rerun whose every
+        shard is already written does: Lightning then runs no predict loop, and ``clipforge-generate`` calls this,
+        so the merged outputs (e.g. a changed enhancement policy) are rebuilt from the shards without recomputing."""
+        self.merged = True
         if not trainer.is_global_zero:
             return
         plan = self._datamodule(trainer).predict_plan()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from clipforge.callbacks.shard_writer import ShardWriter
 from clipforge.cli.train import build
 from clipforge.utils.hydra import CONF_DIR
 from clipforge.utils.task import task_wrapper, write_run_files
@@ -18,13 +19,19 @@ def generate(cfg: DictConfig) -> tuple[dict, dict]:
     """Run ``trainer.predict`` over ``data.predict``; the prediction writer callback writes the outputs."""
     write_run_files(cfg, cfg.paths.output_dir)
     objects = build(cfg)
-    objects["trainer"].predict(
+    trainer = objects["trainer"]
+    trainer.predict(
         objects["model"],
         datamodule=objects["datamodule"],
         ckpt_path=cfg.get("ckpt_path"),
         return_predictions=False,
         weights_only=False,
     )
+    for (
+        callback
+    ) in trainer.callbacks:  # every shard already written: no predict loop ran, merge what is there
+        if isinstance(callback, ShardWriter) and not getattr(callback, "merged", True):
+            callback.merge(trainer, objects["model"])
     return {}, objects
 
 
