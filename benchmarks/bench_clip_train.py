@@ -130,6 +130,23 @@ class _Recorder:
             json.dump({"start": self.t_start, "epochs": self.epochs}, f)
 
 
+def timed_run_overrides(epochs: int, timer_out: str) -> list[str]:
+    """``clipforge-train`` overrides of a timed run: CPU, no validation / checkpoints / progress output, seed 0,
+    and the in-process epoch timer writing to ``timer_out``."""
+    return [
+        f"trainer.max_epochs={epochs}",
+        "trainer.accelerator=cpu",
+        "++trainer.limit_val_batches=0",
+        "++trainer.enable_checkpointing=false",
+        "++trainer.enable_progress_bar=false",
+        "++trainer.enable_model_summary=false",
+        "evaluate=false",
+        "seed=0",
+        "+callbacks.bench_timer._target_=bench_clip_train.make_epoch_timer",
+        f"+callbacks.bench_timer.out={timer_out}",
+    ]
+
+
 def make_epoch_timer(out: str):
     """A Lightning callback recording the end of every training epoch (Hydra ``_target_`` for clipforge)."""
     from lightning.pytorch.callbacks import Callback
@@ -284,16 +301,7 @@ def clipforge_cmd(
         "data.holdout_fraction=0",
         f"data.batch_size={BATCH}",
         f"data.num_workers={workers}",
-        f"trainer.max_epochs={epochs}",
-        "trainer.accelerator=cpu",
-        "++trainer.limit_val_batches=0",
-        "++trainer.enable_checkpointing=false",
-        "++trainer.enable_progress_bar=false",
-        "++trainer.enable_model_summary=false",
-        "evaluate=false",
-        "seed=0",
-        "+callbacks.bench_timer._target_=bench_clip_train.make_epoch_timer",
-        f"+callbacks.bench_timer.out={timer_out}",
+        *timed_run_overrides(epochs, timer_out),
     ]
     if config == "lit":
         opt = LIT_OPT

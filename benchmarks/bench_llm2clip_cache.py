@@ -48,7 +48,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_clip_train import BATCH, COCO, run_one  # noqa: E402  (same folder; shared timer and runner)
+from bench_clip_train import BATCH, COCO, run_one, timed_run_overrides  # noqa: E402  (same folder; shared timer and runner)
 
 ENCODER = "pypi:smollm2-135m-instruct"
 EMBEDDING_DIM = 576  # SmolLM2-135M hidden size
@@ -92,16 +92,7 @@ def train_cmd(config: str, arm: str, cache: Path, encoder: str, epochs: int, tim
         "data.holdout_fraction=0",
         f"data.batch_size={BATCH}",
         "data.num_workers=0",
-        f"trainer.max_epochs={epochs}",
-        "trainer.accelerator=cpu",
-        "++trainer.limit_val_batches=0",
-        "++trainer.enable_checkpointing=false",
-        "++trainer.enable_progress_bar=false",
-        "++trainer.enable_model_summary=false",
-        "evaluate=false",
-        "seed=0",
-        "+callbacks.bench_timer._target_=bench_clip_train.make_epoch_timer",
-        f"+callbacks.bench_timer.out={timer_out}",
+        *timed_run_overrides(epochs, timer_out),
     ]
     if config == "full":
         cmd.append("ablation/llm2clip=vision_full")
