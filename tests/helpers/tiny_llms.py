@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import os
 
+from tests.helpers.tiny_models import CORPUS as BASE_CORPUS
 from tests.helpers.tiny_models import TINY_DECODER
 
-CORPUS = [
-    "a cat sitting on a sofa",
-    "a dog chasing a ball in the park",
-    "a cup of coffee on a wooden table",
-    "a rocket launching into the sky",
-    "an astronaut in a white space suit",
-    "two motorcycles parked on the street",
-    "a bowl of fruit next to a window",
-    "people walking on a beach at sunset",
-    "given a sentence, retrieve a detailed relevant sentence",
-]
+CORPUS = [*BASE_CORPUS, "given a sentence, retrieve a detailed relevant sentence"]
 
 KINDS = ("llama", "qwen2", "mistral")
 
