@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import math
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from clipforge.losses import ClipLoss, SigLipLoss, gather_features, rank_and_world
+from tests.helpers.dist import init_gloo, run_ranks
 
 # ----------------------------------------------------------------------------------------------------------------
 # naive references: Python loops over rows, float64 scalars, hand-written log-sum-exp and log-sigmoid
@@ -199,9 +197,7 @@ def _loss_and_grads(name: str, rows: slice) -> tuple[float, dict[str, torch.Tens
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=_WORLD)
+    init_gloo(rank, _WORLD, port)
     try:
         n = _B // _WORLD
         rows = slice(rank * n, (rank + 1) * n)
@@ -226,16 +222,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(120)
 def test_two_process_gloo_equivalence(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=_WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(_WORLD)]
+    ranks = run_ranks(_worker, _WORLD, tmp_path)
     assert [r["rank_and_world"] for r in ranks] == [(0, 2), (1, 2)]
 
     for name in _CASES:

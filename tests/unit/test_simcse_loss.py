@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import math
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from clipforge.losses.simcse import SimCSELoss
+from tests.helpers.dist import init_gloo, run_ranks
 
 
 def naive_simcse(q: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None, scale: float) -> float:
@@ -96,9 +94,7 @@ def _loss_and_grads(local: bool, rows: slice) -> tuple[float, dict[str, torch.Te
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=_WORLD)
+    init_gloo(rank, _WORLD, port)
     try:
         n = _B // _WORLD
         result = {}
@@ -113,16 +109,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(120)
 def test_two_process_global_negatives_equal_single_process(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=_WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(_WORLD)]
+    ranks = run_ranks(_worker, _WORLD, tmp_path)
     for name, local in _CASES.items():
         ref_loss, ref_grads = _loss_and_grads(local, slice(0, _B))
         losses = [r[name][0] for r in ranks]
