@@ -123,6 +123,7 @@ class ShardWriter(BasePredictionWriter):
         self._shard_of: dict[str, str] = {}
         self._order: dict[str, int] = {}
         self.rows_written = 0
+        self.merged = False  # set by merge(); reset when a predict run is set up
 
     # -- plan -------------------------------------------------------------------------------------------------
     def _path(self, shard: str) -> str:

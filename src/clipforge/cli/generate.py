@@ -30,7 +30,7 @@ def generate(cfg: DictConfig) -> tuple[dict, dict]:
     for (
         callback
     ) in trainer.callbacks:  # every shard already written: no predict loop ran, merge what is there
-        if isinstance(callback, ShardWriter) and not getattr(callback, "merged", True):
+        if isinstance(callback, ShardWriter) and not callback.merged:
             callback.merge(trainer, objects["model"])
     return {}, objects
 
