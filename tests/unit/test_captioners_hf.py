@@ -12,8 +12,9 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
+from clipforge.eval.zero_shot import imagenet_classnames
 from clipforge.models.captioners.base import Captioner
-from clipforge.models.captioners.label_llm import LabelLLMCaptioner, imagenet_classnames
+from clipforge.models.captioners.label_llm import LabelLLMCaptioner
 from clipforge.utils.hydra import compose
 from tests.helpers.tiny_vlms import (
     TINY_CLASSIFIER,

@@ -15,19 +15,13 @@ import torch
 from PIL import Image
 
 from clipforge.data.transforms import ImageTransform
+from clipforge.eval.zero_shot import imagenet_classnames
 from clipforge.models.assets import resolve_asset
 from clipforge.models.captioners.batched import BatchedCaptioner, resolve_dtype
 from clipforge.models.captioners.decoding import Decoding
 from clipforge.models.captioners.hf import render_prompt
 
-__all__ = ["LabelLLMCaptioner", "imagenet_classnames"]
-
-
-def imagenet_classnames() -> list[str]:
-    """The 1000 ImageNet class names that ship with open_clip (readable forms, e.g. ``tabby cat``)."""
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-
-    return list(IMAGENET_CLASSNAMES)
+__all__ = ["LabelLLMCaptioner"]
 
 
 class LabelLLMCaptioner(BatchedCaptioner):
