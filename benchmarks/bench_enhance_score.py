@@ -2,15 +2,17 @@
 stopping at ``<Overall>`` saves over ``output_all``.
 
     PYTHONPATH=. python benchmarks/bench_enhance_score.py --model_path <enhance_demo_train run>/aitqe \\
-        [--pairs 32 --batch-sizes 8 16 32 --repeats 2 --threads 2 --json out.json]
+        [--pairs 32 --captions-per-photo 1 --batch-sizes 8 16 32 --repeats 2 --threads 2 --json out.json]
 
-Pairs: the first caption of the first ``--pairs`` photos of ``../shared/data/coco-dev``, plus (every other pair)
-a caption of another photo, so both weak and good pairs (and answers with and without a Recaption) occur.
+Pairs: ``--pairs`` pairs of ``../shared/data/coco-dev`` photos, ``--captions-per-photo`` consecutive ones per photo
+(1: 32 photos; 5: a captioned dataset's shape, 5 captions of each photo), every other one with another photo's
+caption, so both weak and good pairs (and answers with and without a Recaption) occur.
 
 * ``official``: the seed's ``eval_single_node`` per pair: open the image, build the official prompt, one greedy
   ``generate`` (batch 1, ``stop_strings=["<Overall>"]``), decode, parse (:func:`clipforge.cli.aitqe.evaluate_pair`).
-* ``batched B``: what ``EnhanceScoreModule.predict_step`` runs per batch: open the B images, apply the model's
-  square transform, one left-padded ``generate`` over the B prompts, decode, parse.
+* ``batched B``: what ``EnhanceScoreModule.predict_step`` runs per batch of B pairs: open and transform each distinct
+  photo once, one vision-tower pass per photo, one left-padded greedy decoding batch in which each pair leaves when
+  its answer ends (``greedy_decode``), decode, parse.
 
 Both include image decoding and parsing and exclude model loading; each repeat times every configuration once after
 one warm-up call, and the figure is the median pairs/s over repeats. Greedy decoding with a correct attention mask
@@ -37,8 +39,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def coco_pairs(n: int) -> list[tuple[str, str]]:
-    """``n`` (image path, caption) pairs of coco-dev: the first caption of photo i, or of photo i+1 for odd i."""
+def coco_pairs(n: int, per_photo: int = 1) -> list[tuple[str, str]]:
+    """``n`` (image path, caption) pairs of coco-dev, ``per_photo`` consecutive pairs per photo: pair ``m`` of
+    photo ``i`` has the photo's caption ``j`` (``j = m % 5``), or caption ``j`` of photo ``i + 1`` when ``m`` is
+    odd."""
     from clipforge.data.readers import read_records
     from clipforge.data.specs import DatasetSpec
 
@@ -47,8 +51,10 @@ def coco_pairs(n: int) -> list[tuple[str, str]]:
         path=str(data / "annotations" / "captions_train2017.json"), image_root=str(data / "train2017")
     )
     records, _ = read_records(spec)
-    records = records[: n + 1]
-    return [(records[i].image, records[i + (i % 2)].captions[0]) for i in range(n)]
+    return [
+        (records[m // per_photo].image, records[m // per_photo + (m % 2)].captions[m % per_photo % 5])
+        for m in range(n)
+    ]
 
 
 def official(vlm, pairs) -> tuple[float, list]:
@@ -61,6 +67,7 @@ def official(vlm, pairs) -> tuple[float, list]:
 
 
 def batched(module, pairs, batch_size: int) -> tuple[float, list]:
+    """The scoring job's work per batch: each distinct photo of the batch opened and transformed once."""
     from clipforge.data.images import load_image
 
     transform = module.image_transform(False)
@@ -68,8 +75,10 @@ def batched(module, pairs, batch_size: int) -> tuple[float, list]:
     out = []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
-        images = torch.stack([transform(load_image(path)) for path, _ in chunk])
-        out += [result for result, _expected in module.score(images, [caption for _, caption in chunk])]
+        paths = list(dict.fromkeys(path for path, _ in chunk))
+        images = torch.stack([transform(load_image(path)) for path in paths])
+        index = [paths.index(path) for path, _ in chunk]
+        out += [r for r, _expected in module.score(images, [caption for _, caption in chunk], index)]
     return time.perf_counter() - t0, out
 
 
@@ -92,6 +101,9 @@ def main() -> None:
         "--model_path", required=True, help="an AITQE-format folder (enhance_demo_train's <run>/aitqe)"
     )
     p.add_argument("--pairs", type=int, default=32)
+    p.add_argument(
+        "--captions-per-photo", type=int, default=1, help="pairs per photo (a captioned dataset: 5)"
+    )
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32])
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
@@ -107,7 +119,7 @@ def main() -> None:
     module = EnhanceScoreModule(model_path=args.model_path)
     module.configure_model()
     vlm = module.vlm
-    pairs = coco_pairs(args.pairs)
+    pairs = coco_pairs(args.pairs, args.captions_per_photo)
     with torch.inference_mode():
         official(vlm, pairs[:1])  # warm-up
         batched(module, pairs[:2], 2)
@@ -143,6 +155,7 @@ def main() -> None:
     report = {
         "model_path": args.model_path,
         "pairs": len(pairs),
+        "photos": len({path for path, _ in pairs}),
         "threads": args.threads,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}",
         "pairs_per_s": rate,

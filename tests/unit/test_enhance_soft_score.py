@@ -39,15 +39,16 @@ def test_no_score_no_expectation(tok, answer):
     assert expected_overall(tok, ids, torch.ones(len(ids), 9)) is None
 
 
-def test_recorder_keeps_digit_probabilities_and_passes_scores_through(tok):
+def test_recorder_keeps_each_rows_digit_probabilities(tok):
     digits = digit_token_ids(tok)
     assert digits == [tok.convert_tokens_to_ids(str(d)) for d in range(1, 10)]
-    rec = DigitRecorder(digits)
-    scores = torch.randn(2, len(tok))
-    assert rec(torch.zeros(2, 1, dtype=torch.long), scores) is scores
-    rec(torch.zeros(2, 2, dtype=torch.long), scores)
-    assert rec.probs.shape == (2, 2, 9)
-    assert torch.allclose(rec.probs[:, 0], scores.softmax(-1)[:, digits])
+    rec = DigitRecorder(digits, rows=3)
+    first, second = torch.randn(3, len(tok)), torch.randn(2, len(tok))
+    rec([0, 1, 2], first)
+    rec([0, 2], second)  # row 1 has left the batch
+    assert [rec.probs(r).shape[0] for r in range(3)] == [2, 1, 2]
+    assert torch.allclose(rec.probs(1)[0], first[1].softmax(-1)[digits])
+    assert torch.allclose(rec.probs(2)[1], second[1].softmax(-1)[digits])
 
 
 def test_auc_report_greedy_and_expected():

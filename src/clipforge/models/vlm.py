@@ -782,10 +782,20 @@ class VisionLanguageModel(nn.Module):
         feats = self.vision_model(images.to(device=self.device, dtype=dtype))
         return self.mm_projector(feats.to(dtype))
 
-    def embed(self, images: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    def embed(
+        self, images: torch.Tensor, input_ids: torch.Tensor, image_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Token embeddings with every row's :data:`IMAGE_POSITION` slots replaced, in order, by its image's
-        projected features (the official ``index_put_`` splice)."""
+        projected features (the official ``index_put_`` splice).
+
+        Args:
+            images: pixel values, one image per row, or (with ``image_index``) each distinct image once.
+            input_ids: ``(B, L)`` ids from :meth:`build_inputs`.
+            image_index: ``(B,)`` row -> its image in ``images``: rows that share an image share one tower pass.
+        """
         feats = self.encode_images(images)
+        if image_index is not None:
+            feats = feats[torch.as_tensor(image_index, device=feats.device)]
         embeds = self.model.get_input_embeddings()(input_ids.clamp(min=0))
         slots = input_ids == IMAGE_POSITION
         if not bool((slots.sum(1) == feats.shape[1]).all()):

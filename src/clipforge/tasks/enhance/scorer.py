@@ -1,8 +1,9 @@
 """``EnhanceScoreModule``: batched AITQE scoring of any dataset, then the enhancement policy (``clipforge-generate``).
 
 The official code scores one pair per call (SPEC B.6). Here every caption of every image in a batch is one row of
-a single left-padded greedy ``generate`` (``chunk_size`` rows at most), stopped at ``<Overall>`` unless
-``output_all``; the outputs are parsed robustly. Rows the policy would rewrite can be scored again with their
+a single left-padded greedy decoding batch (``chunk_size`` rows at most) in which each image passes the vision
+tower once and each row leaves the batch when its answer ends, stopped at ``<Overall>`` unless ``output_all``;
+the outputs are parsed robustly. Rows the policy would rewrite can be scored again with their
 recaption (``rescore_rewrites``), so the "after" histogram and the data budget see the rewrite's own score.
 
 When every shard is written, :meth:`on_predictions_merged` applies the policy and writes, next to the merged
@@ -21,11 +22,12 @@ from collections.abc import Mapping, Sequence
 import lightning as L
 import torch
 
+from clipforge.models.greedy import greedy_decode
 from clipforge.models.vlm import VisionLanguageModel, VLMSpec
 from clipforge.tasks.enhance.outputs import predict_image_paths, write_jsonl
 from clipforge.tasks.enhance.parse import AITQEResult, parse_output
 from clipforge.tasks.enhance.policy import PolicyConfig, apply_policy, as_policy, decide
-from clipforge.tasks.enhance.prompt import build_prompt, generation_kwargs
+from clipforge.tasks.enhance.prompt import OVERALL_MARKER, build_prompt
 from clipforge.tasks.enhance.report import auc_report, report_markdown
 from clipforge.tasks.enhance.soft_score import DigitRecorder, digit_token_ids, expected_overall
 
@@ -85,7 +87,6 @@ class EnhanceScoreModule(L.LightningModule):
         self.policy = policy
         self.vlm = None
         self._vision = None
-        self._generation: dict | None = None
         self._digits: list[int] | None = None
 
     # -- data-side contract -------------------------------------------------------------------------------------
@@ -114,30 +115,49 @@ class EnhanceScoreModule(L.LightningModule):
             ).eval()
 
     # -- scoring -------------------------------------------------------------------------------------------------
-    def score(self, images: torch.Tensor, captions: Sequence[str]) -> list[tuple[AITQEResult, float | None]]:
-        """``(parsed output, expected overall score)`` of each ``(images[i], captions[i])`` pair, ``chunk_size``
-        pairs per ``generate`` (the expected score: :mod:`~clipforge.tasks.enhance.soft_score`)."""
+    def score(
+        self, images: torch.Tensor, captions: Sequence[str], image_index: Sequence[int] | None = None
+    ) -> list[tuple[AITQEResult, float | None]]:
+        """``(parsed output, expected overall score)`` of each ``(images[image_index[i]], captions[i])`` pair
+        (``image_index`` = ``range(len(captions))`` when absent); ``chunk_size`` pairs per decoding batch (the
+        expected score: :mod:`~clipforge.tasks.enhance.soft_score`).
+
+        Each distinct image of a chunk goes through the vision tower once; decoding is greedy and a pair leaves the
+        batch when its answer ends (:func:`~clipforge.models.greedy.greedy_decode`), stopped at ``<Overall>``
+        unless ``output_all``.
+        """
         tokenizer = self.vlm.tokenizer
-        if self._generation is None:
-            self._generation = generation_kwargs(
-                self.hparams.output_all, self.hparams.max_new_tokens, tokenizer
-            )
-            self._digits = digit_token_ids(tokenizer)
+        if self._digits is None:
+            self._digits = digit_token_ids(tokenizer) or []
+        index = list(range(len(captions))) if image_index is None else [int(i) for i in image_index]
+        if len(index) != len(captions):
+            raise ValueError(f"{len(captions)} captions but {len(index)} image indices")
+        stops = [] if self.hparams.output_all else [OVERALL_MARKER]
+        eos = self.vlm.generation_config.eos_token_id
+        eos = [self.vlm.eos_token_id, *(eos if isinstance(eos, list) else [eos] if eos is not None else [])]
         out: list[tuple[AITQEResult, float | None]] = []
         step = self.hparams.chunk_size or max(1, len(captions))
         for start in range(0, len(captions), step):
-            caps = list(captions[start : start + step])
+            caps, rows = list(captions[start : start + step]), index[start : start + step]
+            distinct = sorted(set(rows))
+            local = torch.tensor([distinct.index(i) for i in rows])
             inputs = self.vlm.build_inputs([build_prompt(c) for c in caps], padding_side="left")
-            recorder = DigitRecorder(self._digits) if self._digits else None
-            extra = {"logits_processor": [recorder]} if recorder else {}
-            ids = self.vlm.generate(
-                **inputs, images=images[start : start + step], **self._generation, **extra
+            input_ids = inputs["input_ids"].to(self.vlm.device)
+            embeds = self.vlm.embed(images[distinct], input_ids, local)
+            recorder = DigitRecorder(self._digits, len(caps)) if self._digits else None
+            new = greedy_decode(
+                self.vlm.model,
+                embeds,
+                inputs["attention_mask"],
+                self.hparams.max_new_tokens,
+                eos,
+                stops,
+                tokenizer,
+                on_logits=recorder,
             )
-            new = ids[:, inputs["input_ids"].shape[1] :].cpu()
-            texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-            probs = recorder.probs if recorder else None
-            for b, text in enumerate(texts):
-                soft = expected_overall(tokenizer, new[b].tolist(), probs[b]) if probs is not None else None
+            for b, ids in enumerate(new):
+                text = tokenizer.decode(ids, skip_special_tokens=True)
+                soft = expected_overall(tokenizer, ids, recorder.probs(b)) if recorder else None
                 out.append((parse_output(text.strip()), soft))
         return out
 
@@ -164,7 +184,7 @@ class EnhanceScoreModule(L.LightningModule):
         for i in sorted(set(range(len(keys))) - set(index)):
             index.append(i)
             captions.append("")
-        scored = self.score(images[index], captions)
+        scored = self.score(images, captions, index)
         results = [r for r, _ in scored]
         pairs = [self._pair(c, r, e) for c, (r, e) in zip(captions, scored)]
         rewrite = [
@@ -175,7 +195,7 @@ class EnhanceScoreModule(L.LightningModule):
             and decide(p, self.policy) in ("rewrite", "keep_both")
         ]
         if rewrite:
-            again = self.score(images[[index[n] for n in rewrite]], [results[n].recaption for n in rewrite])
+            again = self.score(images, [results[n].recaption for n in rewrite], [index[n] for n in rewrite])
             for n, (r, e) in zip(rewrite, again):
                 pairs[n]["rescore"] = {"overall": r.overall, "overall_expected": e, "scores": dict(r.scores)}
         rows = [{"key": k, "pairs": []} for k in keys]

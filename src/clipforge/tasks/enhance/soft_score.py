@@ -4,7 +4,7 @@ A greedy AITQE answer gives an integer 1-10, so millions of pairs tie and a data
 score; small models also put almost every pair on one or two values. G-Eval-style, the expected score
 ``sum_d d * p(d) / sum_d p(d)`` over the digit tokens at the position where the model wrote the overall score
 breaks the ties with the model's own confidence. :class:`DigitRecorder` (a ``transformers`` logits processor that
-changes nothing) keeps the digit probabilities of every generated position; :func:`expected_overall` finds the
+changes nothing) keeps the digit probabilities of every generated position of every row; :func:`expected_overall` finds the
 overall score's position in the decoded answer and averages there.
 """
 
@@ -27,25 +27,27 @@ def digit_token_ids(tokenizer) -> list[int] | None:
 
 
 class DigitRecorder:
-    """Logits processor that records, per generated position, the probabilities of the digit tokens 1-9.
-
-    ``probs`` is ``(B, T, 9)`` after generation (``T`` = generated positions); the scores pass through unchanged.
+    """Records, per row and generated position, the probabilities of the digit tokens 1-9: the ``on_logits``
+    hook of :func:`~clipforge.models.greedy.greedy_decode`, which passes the rows still generating.
 
     Args:
         digit_ids: token ids of ``"1"`` ... ``"9"`` (:func:`digit_token_ids`).
+        rows: rows of the batch.
     """
 
-    def __init__(self, digit_ids: Sequence[int]) -> None:
+    def __init__(self, digit_ids: Sequence[int], rows: int) -> None:
         self.digit_ids = list(digit_ids)
-        self._steps: list[torch.Tensor] = []
+        self._steps: list[list[torch.Tensor]] = [[] for _ in range(rows)]
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        self._steps.append(scores.float().softmax(-1)[:, self.digit_ids].cpu())
-        return scores
+    def __call__(self, rows: Sequence[int], logits: torch.Tensor) -> None:
+        probs = logits.float().softmax(-1)[:, self.digit_ids].cpu()
+        for j, row in enumerate(rows):
+            self._steps[row].append(probs[j])
 
-    @property
-    def probs(self) -> torch.Tensor:
-        return torch.stack(self._steps, dim=1) if self._steps else torch.zeros(0, 0, len(self.digit_ids))
+    def probs(self, row: int) -> torch.Tensor:
+        """``(T, 9)``: the digit probabilities of the row's ``T`` generated positions."""
+        steps = self._steps[row]
+        return torch.stack(steps) if steps else torch.zeros(0, len(self.digit_ids))
 
 
 def expected_overall(tokenizer, new_ids: Sequence[int], digit_probs: torch.Tensor) -> float | None:
