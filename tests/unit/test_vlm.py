@@ -324,3 +324,81 @@ def test_spec_validation():
         CausalLMSpec(config={"model_type": "qwen2"})  # no tokenizer
     with pytest.raises(ValueError):
         VLMSpec(tiny_spec().vision, tiny_spec().llm, dtype="float99")
+
+
+def test_timm_class_probs_tokens_append_each_tokens_softmax():
+    """class_probs: features unchanged, then softmax(classifier(token) / T), computed here by hand."""
+    args = {"num_classes": 5}
+    plain = TimmPatchVision("tf_efficientnet_lite0", image_size=64, model_args=args)
+    spec = TimmPatchVision(
+        "tf_efficientnet_lite0", image_size=64, model_args=args, class_probs=True, class_temperature=2.0
+    )
+    assert spec.num_classes == 5 and spec.feature_dim == 1280 + 5 and spec.num_tokens == plain.num_tokens == 4
+    torch.manual_seed(0)
+    tower = spec.build().eval()
+    bare = plain.build().eval()
+    bare.model.load_state_dict(tower.model.state_dict(), strict=False)  # the same backbone, no classifier
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        tokens, features = tower(x), bare(x)
+    assert tokens.shape == (2, 4, 1285)
+    torch.testing.assert_close(tokens[..., :1280], features)
+    w, b = tower.model.classifier.weight, tower.model.classifier.bias
+    for i in range(2):
+        for t in range(4):
+            logits = [(sum(w[k, c] * features[i, t, c] for c in range(1280)) + b[k]) / 2.0 for k in range(5)]
+            z = sum(torch.exp(v) for v in logits)
+            expected = torch.stack([torch.exp(v) / z for v in logits])
+            torch.testing.assert_close(tokens[i, t, 1280:], expected, atol=1e-5, rtol=1e-4)
+    assert spec.to_config()["class_probs"] is True and spec.to_config()["class_temperature"] == 2.0
+
+
+def test_projector_lookup_init_maps_class_probabilities_to_centred_embeddings():
+    from clipforge.models.projector import init_projector_as_lookup
+
+    torch.manual_seed(0)
+    k, d, extra = 6, 8, 10
+    table = torch.rand(k, d) - 0.5  # |e| <= 0.5
+    proj = build_projector("mlp", extra + k, d)
+    init_projector_as_lookup(proj, table)
+    probs = torch.rand(3, k).softmax(-1)
+    x = torch.cat([torch.randn(3, extra), probs], dim=-1)  # the other features start at zero weight
+    with torch.no_grad():
+        out = proj(x)
+    mix = probs @ table
+    centred = mix - mix.mean(-1, keepdim=True)
+    torch.testing.assert_close(out, centred, atol=4e-3, rtol=0)
+    with pytest.raises(ValueError, match="cannot take"):
+        init_projector_as_lookup(build_projector("mlp", 4, d), table)
+
+
+def test_class_names_projector_init_builds_saves_and_reloads(tmp_path):
+    """VLMSpec(projector_init='class_names'): the projector's class columns are the names' mean token
+    embeddings (by hand from the embedding table); the folder reloads with the same tower and logits."""
+    torch.manual_seed(0)
+    lm_dir = save_tiny_causal_lm(tmp_path / "llama", "llama", tie_word_embeddings=True)
+    names = ["cat", "dog", "red car"]
+    tower = TimmPatchVision(
+        "tf_efficientnet_lite0", image_size=64, model_args={"num_classes": 3}, class_probs=True
+    )
+    with pytest.raises(ValueError, match="class_probs"):
+        VLMSpec(TimmPatchVision("tf_efficientnet_lite0"), CausalLMSpec(lm_dir), projector_init="class_names")
+    vlm = VisionLanguageModel.build(
+        VLMSpec(tower, CausalLMSpec(lm_dir), projector_init="class_names", class_names=names)
+    ).eval()
+    table = vlm.model.get_input_embeddings().weight
+    for c, name in enumerate(names):
+        ids = vlm.tokenizer(" " + name, add_special_tokens=False)["input_ids"]
+        expected = sum(table[i] for i in ids) / len(ids)
+        torch.testing.assert_close(vlm.mm_projector[0].weight[:, 1280 + c], expected)
+    assert not vlm.mm_projector[0].weight[:, :1280].any()
+    out = vlm.save_pretrained(str(tmp_path / "vlm"))
+    again = VisionLanguageModel.from_pretrained(out).eval()
+    assert again.vision.class_probs and again.vision.feature_dim == 1283
+    inputs = vlm.build_inputs(PROMPTS, ANSWERS)
+    pixels = vlm.pixel_values(tiny_images(3))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            vlm(pixels, inputs["input_ids"], inputs["attention_mask"]),
+            again(pixels, inputs["input_ids"], inputs["attention_mask"]),
+        )

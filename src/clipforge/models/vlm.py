@@ -39,7 +39,7 @@ from torch import nn
 
 from clipforge.models.assets import resolve_asset
 from clipforge.models.lora import merged_state_dict
-from clipforge.models.projector import build_projector
+from clipforge.models.projector import build_projector, init_projector_as_lookup
 from clipforge.models.vision import TimmVision, load_state_dict_file
 
 __all__ = [
@@ -295,21 +295,37 @@ class SiglipPatchVision(PatchVision):
 class TimmPatches(nn.Module):
     """A timm model's ``forward_features`` as tokens: a ``(B, C, h, w)`` map (optionally average-pooled to
     ``pool_to x pool_to``) flattened row by row to ``(B, h*w, C)``; a ViT's token sequence without its prefix
-    (class / register) tokens."""
+    (class / register) tokens.
 
-    def __init__(self, model: nn.Module, pool_to: int | None = None) -> None:
+    With ``class_probs`` the model keeps its classifier, which is applied to every token: each token becomes its
+    features followed by the softmax (at ``class_temperature``) of its class logits, ``(B, N, C + K)``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        pool_to: int | None = None,
+        class_probs: bool = False,
+        class_temperature: float = 1.0,
+    ) -> None:
         super().__init__()
         self.model, self.pool_to = model, pool_to
+        self.class_probs, self.class_temperature = class_probs, class_temperature
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.model.forward_features(images)
         if x.ndim == 4:
             if self.pool_to:
                 x = nn.functional.adaptive_avg_pool2d(x, self.pool_to)
-            return x.flatten(2).transpose(1, 2)
-        if self.pool_to:
+            x = x.flatten(2).transpose(1, 2)
+        elif self.pool_to:
             raise ValueError("pool_to needs a feature map (B, C, h, w); this timm model returns tokens")
-        return x[:, getattr(self.model, "num_prefix_tokens", 0) :]
+        else:
+            x = x[:, getattr(self.model, "num_prefix_tokens", 0) :]
+        if not self.class_probs:
+            return x
+        logits = self.model.get_classifier()(x) / self.class_temperature
+        return torch.cat([x, logits.float().softmax(-1).to(x.dtype)], dim=-1)
 
 
 class TimmPatchVision(TimmVision, PatchVision):
@@ -325,6 +341,10 @@ class TimmPatchVision(TimmVision, PatchVision):
         model_args: extra ``timm.create_model`` arguments (tiny test configs).
         pool_to: average-pool the feature map to ``pool_to x pool_to`` tokens (fewer LLM positions: the CPU
             preset's 7 x 7 -> 4 x 4); ``None`` = every position.
+        class_probs: keep the model's classifier and append each token's class probabilities to its features
+            (``feature_dim`` = features + classes): label-space evidence a small LLM can read once the projector
+            maps the probabilities onto class-name embeddings (``VLMSpec(projector_init="class_names")``).
+        class_temperature: softmax temperature of those probabilities.
     """
 
     def __init__(
@@ -337,10 +357,17 @@ class TimmPatchVision(TimmVision, PatchVision):
         std: Sequence[float] = (0.5, 0.5, 0.5),
         model_args: dict | None = None,
         pool_to: int | None = None,
+        class_probs: bool = False,
+        class_temperature: float = 1.0,
     ) -> None:
         super().__init__(model_name, checkpoint, key_mapping, image_size, mean, std, False, model_args)
-        self.pool_to = pool_to
+        self.pool_to, self.class_probs, self.class_temperature = (
+            pool_to,
+            class_probs,
+            float(class_temperature),
+        )
         self._num_tokens: int | None = None
+        self._num_classes: int | None = None
 
     @property
     def name_or_path(self) -> str:
@@ -358,8 +385,22 @@ class TimmPatchVision(TimmVision, PatchVision):
         model = self._create()
         if self.checkpoint and not empty:
             load_state_dict_file(model, resolve_asset(self.checkpoint).path, self.key_mapping)
-        model.reset_classifier(0)
-        return TimmPatches(model, self.pool_to).to(dtype)
+        if not self.class_probs:
+            model.reset_classifier(0)
+        return TimmPatches(model, self.pool_to, self.class_probs, self.class_temperature).to(dtype)
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the model's classifier (the width of the appended probabilities); 0 without
+        ``class_probs``."""
+        if self._num_classes is None:
+            with torch.device("meta"):
+                self._num_classes = int(self._create().num_classes) if self.class_probs else 0
+        return self._num_classes
+
+    @property
+    def feature_dim(self) -> int:
+        return super().feature_dim + self.num_classes
 
     @property
     def num_tokens(self) -> int:
@@ -379,6 +420,8 @@ class TimmPatchVision(TimmVision, PatchVision):
             "std": list(self.std),
             "model_args": self.model_args,
             "pool_to": self.pool_to,
+            "class_probs": self.class_probs,
+            "class_temperature": self.class_temperature,
         }
 
     def __repr__(self) -> str:
@@ -509,6 +552,11 @@ class VLMSpec:
         llm: the causal LM.
         image_placeholder: the string that marks the image in prompts.
         dtype: weight dtype of every part (``float32``, ``bfloat16``, ``float16``).
+        projector_init: ``random`` (default init), or ``class_names`` for a tower with ``class_probs``: the
+            projector starts as a lookup of each class name's mean token embedding weighted by the token's class
+            probabilities (:func:`~clipforge.models.projector.init_projector_as_lookup`), so a frozen LLM reads
+            the image as soft words before any training.
+        class_names: the tower's class names in label order (default: ImageNet-1k's, for 1000 classes).
     """
 
     def __init__(
@@ -517,9 +565,17 @@ class VLMSpec:
         llm: CausalLMSpec,
         image_placeholder: str = "<image>",
         dtype: str = "float32",
+        projector_init: str = "random",
+        class_names: Sequence[str] | None = None,
     ) -> None:
         _torch_dtype(dtype)
+        if projector_init not in ("random", "class_names"):
+            raise ValueError(f"projector_init must be 'random' or 'class_names', got {projector_init!r}")
+        if projector_init == "class_names" and not getattr(vision, "class_probs", False):
+            raise ValueError("projector_init='class_names' needs a tower with class_probs=True")
         self.vision, self.llm, self.image_placeholder, self.dtype = vision, llm, image_placeholder, dtype
+        self.projector_init = projector_init
+        self.class_names = list(class_names) if class_names is not None else None
 
     def image_transform(self, train: bool) -> Callable:
         """The vision tower's ``PIL -> Tensor`` transform."""
@@ -587,7 +643,7 @@ class VisionLanguageModel(nn.Module):
         vision_model = spec.vision.build(dtype, empty=empty)
         hidden = llm.get_input_embeddings().embedding_dim
         projector = build_projector("mlp", spec.vision.feature_dim, hidden).to(dtype)
-        return cls(
+        vlm = cls(
             vision_model,
             projector,
             llm,
@@ -596,6 +652,14 @@ class VisionLanguageModel(nn.Module):
             spec.llm.name_or_path or "",
             spec.image_placeholder,
         )
+        if spec.projector_init == "class_names" and not empty:
+            names = spec.class_names
+            if names is None:
+                from clipforge.eval.zero_shot import imagenet_classnames
+
+                names = imagenet_classnames()
+            init_projector_as_lookup(projector, vlm.text_embeddings(names))
+        return vlm
 
     @classmethod
     def from_pretrained(
@@ -698,6 +762,19 @@ class VisionLanguageModel(nn.Module):
             json.dump(self.config_dict(), f, indent=2)
         self.tokenizer.save_pretrained(path)
         return path
+
+    @torch.no_grad()
+    def text_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
+        """``(len(texts), hidden)``: each text's mean input-token embedding (tokenized after a space, as a word
+        inside a sentence)."""
+        table = self.model.get_input_embeddings().weight
+        rows = []
+        for text in texts:
+            ids = self._tokens(" " + text.strip())
+            if not ids:
+                raise ValueError(f"{text!r} has no tokens")
+            rows.append(table[ids].float().mean(0))
+        return torch.stack(rows)
 
     # -- inputs ----------------------------------------------------------------------------------------------------
     def image_transform(self, train: bool = False) -> Callable:
