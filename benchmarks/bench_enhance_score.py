@@ -108,6 +108,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--no-lengths", action="store_true", help="skip the stop vs output_all timing")
+    p.add_argument("--dtype", default=None, help="load the model in this dtype (both paths), e.g. bfloat16")
+    p.add_argument("--vision-chunk-size", type=int, default=None, help="images per tower call (batched path)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -116,7 +119,9 @@ def main() -> None:
     from clipforge.tasks.enhance.prompt import OVERALL_MARKER
     from clipforge.tasks.enhance.scorer import EnhanceScoreModule
 
-    module = EnhanceScoreModule(model_path=args.model_path)
+    module = EnhanceScoreModule(
+        model_path=args.model_path, dtype=args.dtype, vision_chunk_size=args.vision_chunk_size
+    )
     module.configure_model()
     vlm = module.vlm
     pairs = coco_pairs(args.pairs, args.captions_per_photo)
@@ -147,6 +152,7 @@ def main() -> None:
             f"{mode}_b{b}": statistics.median(forced_length(vlm, n, b, pairs) for _ in range(args.repeats))
             for mode, n in (("stop", n_stop), ("all", n_all))
             for b in (1, big)
+            if not args.no_lengths
         }
     rate = {k: statistics.median(v) for k, v in times.items()}
     mismatches = {
@@ -157,13 +163,15 @@ def main() -> None:
         "pairs": len(pairs),
         "photos": len({path for path, _ in pairs}),
         "threads": args.threads,
+        "dtype": args.dtype or "checkpoint's",
+        "vision_chunk_size": args.vision_chunk_size,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}",
         "pairs_per_s": rate,
         "speedup_vs_official": {k: v / rate["official"] for k, v in rate.items() if k != "official"},
         "results_differing_from_official": mismatches,
         "answer_tokens": {"stop_at_overall": n_stop, "output_all": n_all},
         "seconds_per_pair": length,
-        "stop_saving": {f"b{b}": 1 - length[f"stop_b{b}"] / length[f"all_b{b}"] for b in (1, big)},
+        "stop_saving": {f"b{b}": 1 - length[f"stop_b{b}"] / length[f"all_b{b}"] for b in (1, big) if length},
         "answers_with_recaption": {k: sum(o[1] is not None for o in v) for k, v in results.items()},
     }
     print(json.dumps(report, indent=2))

@@ -52,6 +52,29 @@ def test_compose_and_bind(primary, experiment, stage, ablation, tmp_path):
     assert found >= 3  # trainer, data, model at least
 
 
+def test_released_aitqe_scoring_overrides_of_the_docs_compose(tmp_path):
+    """The enhance docs' command for the released AITQE (local SigLIP, bf16) and the CPU speed options are keys
+    of the scoring module's config, and reach its constructor."""
+    from hydra.utils import instantiate
+
+    cfg = compose(
+        [
+            "experiment=enhance_score_demo",
+            "model.model_path=/models/AITQE",
+            "model.vision_model_name_or_path=/models/siglip-so400m-patch14-384",
+            "model.dtype=bfloat16",
+            "model.vision_chunk_size=2",
+            "model.attn_implementation=sdpa",
+        ],
+        "generate",
+        output_dir=str(tmp_path),
+    )
+    module = instantiate(cfg.model)  # loads nothing until configure_model
+    assert (module.hparams.dtype, module.hparams.vision_chunk_size) == ("bfloat16", 2)
+    assert module.hparams.vision_model_name_or_path == "/models/siglip-so400m-patch14-384"
+    assert module.hparams.chunk_size == 16 and module.hparams.attn_implementation == "sdpa"
+
+
 def test_defaults_order_experiment_beats_primary(tmp_path):
     cfg = compose(["experiment=demo_clip"], output_dir=str(tmp_path))
     assert cfg.model.embed_dim == 256  # demo_clip's, not model/clip.yaml's 512

@@ -161,6 +161,21 @@ def test_splice_puts_projected_features_at_the_placeholder_positions(vlm):
         vlm.embed(pixels[:1], broken)
 
 
+def test_shared_images_and_tower_chunks_give_the_same_embeddings(vlm):
+    """Rows that share an image (``image_index``) and towers run in chunks splice the same features as one
+    image per row in one call."""
+    prompts = PROMPTS + PROMPTS[:2]
+    ids = vlm.build_inputs(prompts, padding_side="left")["input_ids"]
+    pixels = vlm.pixel_values(tiny_images(3))
+    index = [0, 1, 2, 2, 0]
+    with torch.no_grad():
+        per_row = vlm.embed(pixels[index], ids)
+        shared = vlm.embed(pixels, ids, torch.tensor(index), vision_chunk_size=2)
+        chunked = vlm.encode_images(pixels, chunk_size=2)
+    torch.testing.assert_close(shared, per_row)
+    torch.testing.assert_close(chunked, vlm.encode_images(pixels))
+
+
 def test_build_inputs_golden(vlm):
     tok, n = vlm.tokenizer, vlm.num_image_tokens
 

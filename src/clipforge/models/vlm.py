@@ -853,14 +853,21 @@ class VisionLanguageModel(nn.Module):
         return out
 
     # -- forward -----------------------------------------------------------------------------------------------------
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Projected patch features ``(B, N, hidden)``."""
+    def encode_images(self, images: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+        """Projected patch features ``(B, N, hidden)``, ``chunk_size`` images per tower call (``None``: all; a CNN
+        tower on a CPU runs faster in small chunks than in one large batch)."""
         dtype = self.mm_projector[0].weight.dtype
-        feats = self.vision_model(images.to(device=self.device, dtype=dtype))
+        images = images.to(device=self.device, dtype=dtype)
+        step = chunk_size or max(1, len(images))
+        feats = torch.cat([self.vision_model(images[i : i + step]) for i in range(0, len(images), step)])
         return self.mm_projector(feats.to(dtype))
 
     def embed(
-        self, images: torch.Tensor, input_ids: torch.Tensor, image_index: torch.Tensor | None = None
+        self,
+        images: torch.Tensor,
+        input_ids: torch.Tensor,
+        image_index: torch.Tensor | None = None,
+        vision_chunk_size: int | None = None,
     ) -> torch.Tensor:
         """Token embeddings with every row's :data:`IMAGE_POSITION` slots replaced, in order, by its image's
         projected features (the official ``index_put_`` splice).
@@ -869,8 +876,9 @@ class VisionLanguageModel(nn.Module):
             images: pixel values, one image per row, or (with ``image_index``) each distinct image once.
             input_ids: ``(B, L)`` ids from :meth:`build_inputs`.
             image_index: ``(B,)`` row -> its image in ``images``: rows that share an image share one tower pass.
+            vision_chunk_size: images per tower call (:meth:`encode_images`).
         """
-        feats = self.encode_images(images)
+        feats = self.encode_images(images, vision_chunk_size)
         if image_index is not None:
             feats = feats[torch.as_tensor(image_index, device=feats.device)]
         embeds = self.model.get_input_embeddings()(input_ids.clamp(min=0))

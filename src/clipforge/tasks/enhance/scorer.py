@@ -50,7 +50,9 @@ class EnhanceScoreModule(L.LightningModule):
         spec: build the model from this spec instead (random init unless its parts load weights; smoke tests).
         output_all: generate the full answer (explanations, aspect scores) instead of stopping at ``<Overall>``.
         max_new_tokens: generation limit (official: 384).
-        chunk_size: pairs per ``generate`` call (``None`` = all pairs of a batch at once).
+        chunk_size: pairs per decoding batch (``None`` = all pairs of a batch at once).
+        vision_chunk_size: images per vision-tower call (``None`` = every distinct image of a chunk at once; a CNN
+            tower on a CPU is faster in chunks of a few images).
         policy: the enhancement policy (:class:`~clipforge.tasks.enhance.policy.PolicyConfig` fields).
         rescore_rewrites: score ``(image, recaption)`` of pairs the policy rewrites (their score after).
         enhanced_name: file name of the enhanced dataset in the output folder.
@@ -69,6 +71,7 @@ class EnhanceScoreModule(L.LightningModule):
         output_all: bool = False,
         max_new_tokens: int = 384,
         chunk_size: int | None = None,
+        vision_chunk_size: int | None = None,
         policy: PolicyConfig | Mapping | None = None,
         rescore_rewrites: bool = True,
         enhanced_name: str = "enhanced.jsonl",
@@ -133,8 +136,6 @@ class EnhanceScoreModule(L.LightningModule):
         if len(index) != len(captions):
             raise ValueError(f"{len(captions)} captions but {len(index)} image indices")
         stops = [] if self.hparams.output_all else [OVERALL_MARKER]
-        eos = self.vlm.generation_config.eos_token_id
-        eos = [self.vlm.eos_token_id, *(eos if isinstance(eos, list) else [eos] if eos is not None else [])]
         out: list[tuple[AITQEResult, float | None]] = []
         step = self.hparams.chunk_size or max(1, len(captions))
         for start in range(0, len(captions), step):
@@ -143,14 +144,14 @@ class EnhanceScoreModule(L.LightningModule):
             local = torch.tensor([distinct.index(i) for i in rows])
             inputs = self.vlm.build_inputs([build_prompt(c) for c in caps], padding_side="left")
             input_ids = inputs["input_ids"].to(self.vlm.device)
-            embeds = self.vlm.embed(images[distinct], input_ids, local)
+            embeds = self.vlm.embed(images[distinct], input_ids, local, self.hparams.vision_chunk_size)
             recorder = DigitRecorder(self._digits, len(caps)) if self._digits else None
             new = greedy_decode(
                 self.vlm.model,
                 embeds,
                 inputs["attention_mask"],
                 self.hparams.max_new_tokens,
-                eos,
+                [self.vlm.eos_token_id],  # the one VisionLanguageModel.generate (the official path) stops at
                 stops,
                 tokenizer,
                 on_logits=recorder,
