@@ -361,11 +361,8 @@ class TimmPatchVision(TimmVision, PatchVision):
         class_temperature: float = 1.0,
     ) -> None:
         super().__init__(model_name, checkpoint, key_mapping, image_size, mean, std, False, model_args)
-        self.pool_to, self.class_probs, self.class_temperature = (
-            pool_to,
-            class_probs,
-            float(class_temperature),
-        )
+        self.pool_to = pool_to
+        self.class_probs, self.class_temperature = class_probs, float(class_temperature)
         self._num_tokens: int | None = None
         self._num_classes: int | None = None
 
@@ -858,8 +855,11 @@ class VisionLanguageModel(nn.Module):
         tower on a CPU runs faster in small chunks than in one large batch)."""
         dtype = self.mm_projector[0].weight.dtype
         images = images.to(device=self.device, dtype=dtype)
-        step = chunk_size or max(1, len(images))
-        feats = torch.cat([self.vision_model(images[i : i + step]) for i in range(0, len(images), step)])
+        if chunk_size is None or len(images) <= chunk_size:
+            feats = self.vision_model(images)
+        else:
+            chunks = images.split(chunk_size)
+            feats = torch.cat([self.vision_model(chunk) for chunk in chunks])
         return self.mm_projector(feats.to(dtype))
 
     def embed(
