@@ -3,9 +3,9 @@
 A greedy AITQE answer gives an integer 1-10, so millions of pairs tie and a data budget cannot rank within a
 score; small models also put almost every pair on one or two values. G-Eval-style, the expected score
 ``sum_d d * p(d) / sum_d p(d)`` over the digit tokens at the position where the model wrote the overall score
-breaks the ties with the model's own confidence. :class:`DigitRecorder` (a ``transformers`` logits processor that
-changes nothing) keeps the digit probabilities of every generated position of every row; :func:`expected_overall` finds the
-overall score's position in the decoded answer and averages there.
+breaks the ties with the model's own confidence. :class:`DigitRecorder` (the ``on_logits`` hook of
+:func:`~clipforge.models.greedy.greedy_decode`) keeps the digit probabilities of every generated position of every
+row; :func:`expected_overall` finds the overall score's position in the decoded answer and averages there.
 """
 
 from __future__ import annotations
