@@ -65,3 +65,27 @@ def test_split_on_4000_text_groups():
     assert not set(val) & set(train) and sorted(val + train) == sorted(everything)
     assert abs(len(val) / 4000 - 0.1) < 0.015
     assert val == _keys(DatasetSpec(**base, split="val"))
+
+
+def test_k_fold_split_holds_every_key_out_once():
+    base = dict(path="synthetic", limit=300, split_seed=2, num_folds=4)
+    everything = _keys(DatasetSpec(path="synthetic", limit=300))
+    folds = [_keys(DatasetSpec(**base, fold=f, split="val")) for f in range(4)]
+    held = [k for fold in folds for k in fold]
+    assert sorted(held) == sorted(everything)  # each key in exactly one fold
+    for f in range(4):
+        train = _keys(DatasetSpec(**base, fold=f, split="train"))
+        assert sorted(train + folds[f]) == sorted(everything) and not set(train) & set(folds[f])
+        # the naive rule: fold = floor(4 * hash)
+        assert folds[f] == [k for k in everything if int(key_fraction(k, 2) * 4) == f]
+    assert all(50 <= len(f) <= 100 for f in folds)
+    assert side_of(folds[1][0], DatasetSpec(num_folds=4, fold=1, split_seed=2)) == "val"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(num_folds=1), dict(num_folds=-2), dict(num_folds=3, fold=3), dict(num_folds=3, val_keys=["a"])],
+)
+def test_k_fold_arguments_are_checked(kwargs):
+    with pytest.raises(ValueError):
+        DatasetSpec(**kwargs)

@@ -193,7 +193,7 @@ class ImageTextDataModule(L.LightningDataModule):
 
     def _read(self, spec: DatasetSpec, where: str, require_captions: bool) -> tuple[list, list]:
         source = dataclasses.replace(
-            spec, split=None, val_fraction=0.0, split_seed=0, val_keys=None, name=None
+            spec, split=None, val_fraction=0.0, split_seed=0, val_keys=None, num_folds=0, fold=0, name=None
         )
         cache_key = (repr(source), require_captions)
         if cache_key not in self._cache:  # held-out val shares train's source: read once

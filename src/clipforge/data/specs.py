@@ -40,6 +40,10 @@ class DatasetSpec:
         val_fraction: fraction of keys that go to ``val`` (stable hash of ``split_seed`` and key).
         split_seed: seed of the split hash.
         val_keys: explicit held-out keys, used instead of ``val_fraction`` when given.
+        num_folds: k-fold split by key (``> 1``): a key's fold is ``floor(k * hash)`` (the same stable hash as
+            ``val_fraction``), and ``val`` is fold ``fold``; used instead of ``val_fraction`` (not with
+            ``val_keys``). Every key is held out by exactly one of the ``k`` folds.
+        fold: the held-out fold, ``0 <= fold < num_folds``.
         text_only: caption groups without images (images are not loaded even if present).
         limit: keep the first N records after the split (debugging); for ``synthetic``, also the number made.
         name: dataset name in metric keys; default derived from the path (file stem / folder name / format).
@@ -59,6 +63,8 @@ class DatasetSpec:
     val_fraction: float = 0.0
     split_seed: int = 0
     val_keys: list[str] | None = None
+    num_folds: int = 0
+    fold: int = 0
     text_only: bool = False
     limit: int | None = None
     name: str | None = None
@@ -81,6 +87,12 @@ class DatasetSpec:
             raise ValueError(f"DatasetSpec.val_fraction={self.val_fraction} must be in [0, 1]")
         if self.val_keys is not None:
             self.val_keys = [str(k) for k in self.val_keys]
+        if self.num_folds < 0 or self.num_folds == 1:
+            raise ValueError(f"DatasetSpec.num_folds={self.num_folds} must be 0 (no folds) or >= 2")
+        if self.num_folds and not 0 <= self.fold < self.num_folds:
+            raise ValueError(f"DatasetSpec.fold={self.fold} must be in [0, num_folds={self.num_folds})")
+        if self.num_folds and self.val_keys is not None:
+            raise ValueError("DatasetSpec: give val_keys or num_folds, not both")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"DatasetSpec.limit={self.limit} must be >= 0")
 

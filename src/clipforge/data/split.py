@@ -2,7 +2,8 @@
 
 A key's side depends only on ``(split_seed, key)``: sha1 of ``f"{split_seed}:{key}"`` mapped to [0, 1), ``val``
 when below ``val_fraction``. The same key lands on the same side on every machine, in every run, whatever the
-order or number of rows; adding rows never moves existing keys.
+order or number of rows; adding rows never moves existing keys. A k-fold split (``num_folds = k``) cuts the same
+hash into ``k`` equal ranges: fold ``floor(k * hash)``, so every key is held out by exactly one fold.
 """
 
 from __future__ import annotations
@@ -22,11 +23,24 @@ def key_fraction(key: str, seed: int = 0) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
+def fold_of(key: str, num_folds: int, seed: int = 0) -> int:
+    """The fold (``0 .. num_folds - 1``) that holds ``key`` out in a ``num_folds``-fold split."""
+    return min(int(key_fraction(key, seed) * num_folds), num_folds - 1)
+
+
+def _is_val(key: str, spec: DatasetSpec, val_keys: set[str] | None) -> bool:
+    if val_keys is not None:
+        return key in val_keys
+    if spec.num_folds:
+        return fold_of(key, spec.num_folds, spec.split_seed) == spec.fold
+    return key_fraction(key, spec.split_seed) < spec.val_fraction
+
+
 def side_of(key: str, spec: DatasetSpec) -> str:
-    """``val`` or ``train`` for ``key`` under the spec's ``val_keys`` / ``val_fraction`` / ``split_seed``."""
-    if spec.val_keys is not None:
-        return "val" if key in set(spec.val_keys) else "train"
-    return "val" if key_fraction(key, spec.split_seed) < spec.val_fraction else "train"
+    """``val`` or ``train`` for ``key`` under the spec's ``val_keys`` / ``num_folds`` + ``fold`` /
+    ``val_fraction`` / ``split_seed``."""
+    val_keys = set(spec.val_keys) if spec.val_keys is not None else None
+    return "val" if _is_val(key, spec, val_keys) else "train"
 
 
 def select_split(items: Sequence[T], spec: DatasetSpec) -> list[T]:
@@ -34,14 +48,4 @@ def select_split(items: Sequence[T], spec: DatasetSpec) -> list[T]:
     if spec.split is None:
         return list(items)
     val_keys = set(spec.val_keys) if spec.val_keys is not None else None
-    out = []
-    for item in items:
-        key = item.key
-        is_val = (
-            key in val_keys
-            if val_keys is not None
-            else key_fraction(key, spec.split_seed) < spec.val_fraction
-        )
-        if is_val == (spec.split == "val"):
-            out.append(item)
-    return out
+    return [item for item in items if _is_val(item.key, spec, val_keys) == (spec.split == "val")]
