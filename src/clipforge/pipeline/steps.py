@@ -1,0 +1,355 @@
+"""The pipeline's steps as jobs: recap -> enhance -> llm2clip -> train -> eval -> report.
+
+Every job composes its stage's standalone experiment (``pipeline.<step>.experiment``) with the step's own
+overrides (``pipeline.<step>.overrides``) and the hand-over overrides written here: the source and held-out split
+of the pipeline's ``data`` config, and the paths that earlier jobs wrote. Nothing of a stage's config is copied.
+
+Held-out protocol: with ``pipeline.folds = k >= 2`` every image key is held out by exactly one of ``k`` folds (the
+stable key hash of :mod:`clipforge.data.split`); every arm trains once per fold and seed on the other keys and is
+scored on the held-out keys' human captions of the source, so all arms see the same images, seeds and budget.
+With ``folds: 0`` one split is made by ``data.holdout_fraction`` (or by an explicit ``data.val`` source).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig, OmegaConf
+
+from clipforge.pipeline.jobs import Job, override
+
+log = logging.getLogger("clipforge.pipeline")
+
+__all__ = ["ARMS", "STEPS", "Split", "plan_jobs", "source_spec", "splits"]
+
+STEPS = ("recap", "enhance", "llm2clip", "train", "eval", "report")
+"""Steps in run order (``pipeline.steps`` selects a subset)."""
+
+ARMS = ("raw", "recap", "enhanced", "llm2clip")
+"""Trained arms: raw captions only (the control), raw + recap captions, the enhanced table, llm2clip stage 2."""
+
+SPEC_KEYS = (
+    "path",
+    "format",
+    "image_root",
+    "caption_fields",
+    "image_field",
+    "key_field",
+    "sidecars",
+    "limit",
+)
+"""Source fields handed to every job (the rest of a spec is the job's own: split, embeddings, name)."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """One train / held-out split: ``name`` (``fold0`` ... or ``holdout``) and the spec fields that select it."""
+
+    name: str
+    fold: int
+    fields: dict = field(default_factory=dict)  # num_folds + fold, or val_fraction + split_seed
+
+    def spec(self, side: str) -> dict:
+        return {"split": side, **self.fields}
+
+
+def source_spec(cfg: DictConfig, which: str = "train") -> dict:
+    """The source (``data.train``) or explicit held-out source (``data.val``) fields of the pipeline config."""
+    node = OmegaConf.to_container(cfg.data[which], resolve=True) if cfg.data.get(which) else {}
+    defaults = {"format": "auto", "sidecars": []}
+    return {k: node.get(k, defaults.get(k)) for k in SPEC_KEYS}
+
+
+def table_spec(path: str, caption_fields: list[str] | None = None) -> dict:
+    """Every source field of a JSONL table an earlier job wrote (image paths inside, keys of the source)."""
+    return {
+        **dict.fromkeys(SPEC_KEYS),
+        "path": path,
+        "format": "jsonl",
+        "caption_fields": caption_fields,
+        "sidecars": [],
+    }
+
+
+def has_val_source(cfg: DictConfig) -> bool:
+    return bool(cfg.data.get("val") and cfg.data.val.get("path"))
+
+
+def splits(cfg: DictConfig) -> list[Split]:
+    """The held-out splits every arm is trained and scored on (module docstring)."""
+    k = int(cfg.pipeline.folds or 0)
+    if has_val_source(cfg):
+        return [Split("heldout", 0, {})]
+    if k >= 2:
+        return [Split(f"fold{i}", i, {"num_folds": k, "fold": i}) for i in range(k)]
+    frac = float(cfg.data.holdout_fraction)
+    if not 0.0 < frac < 1.0:
+        raise ValueError(f"pipeline.folds={k} needs data.holdout_fraction in (0, 1), got {frac}")
+    return [Split("holdout", 0, {"val_fraction": frac, "split_seed": 0})]
+
+
+def spec_overrides(prefix: str, fields: Mapping) -> list[str]:
+    """``++<prefix>.<field>=<value>`` for each field."""
+    return [override(f"{prefix}.{k}", v) for k, v in fields.items()]
+
+
+def _step(cfg: DictConfig, *path: str) -> DictConfig:
+    node = cfg.pipeline
+    for p in path:
+        node = node[p]
+    return node
+
+
+def _user_overrides(node: DictConfig) -> list[str]:
+    return [str(o) for o in (node.get("overrides") or [])]
+
+
+@dataclass
+class Plan:
+    """Jobs in run order plus what the eval / report steps need to know about them."""
+
+    jobs: list[Job] = field(default_factory=list)
+    arm_runs: dict[str, list[tuple[Split, int, str]]] = field(
+        default_factory=dict
+    )  # arm -> (split, seed, job)
+    outputs: dict[str, dict[str, str]] = field(default_factory=dict)  # job -> expected output files
+    captioners: list[str] = field(default_factory=list)
+    enhancer: str | None = None
+
+    def add(self, job: Job, outputs: Mapping[str, str]) -> Job:
+        self.jobs.append(job)
+        self.outputs[job.name] = dict(outputs)
+        return job
+
+    def names(self) -> list[str]:
+        return [j.name for j in self.jobs]
+
+
+def captioner_names(cfg: DictConfig, job: Job) -> list[str]:
+    """Caption-column names of the recap job's captioners (slots; ``<name>_<j>`` for several per image)."""
+    from hydra.utils import instantiate
+
+    from clipforge.tasks.recap.export import slot_names
+
+    composed = job.compose()
+    names: list[str] = []
+    for conf in (composed.model.captioners or {}).values():
+        if conf is None:
+            continue
+        name = conf.get("name")
+        if name is None:  # a captioner whose name is a property of its class
+            name = instantiate(conf).name
+        names += slot_names(str(name), int(conf.get("num_captions", 1) or 1))
+    return names
+
+
+def plan_jobs(cfg: DictConfig, run_dir: str) -> Plan:
+    """Every job of the selected steps, with its overrides and the jobs it reads from."""
+    steps = list(cfg.pipeline.steps)
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise ValueError(f"pipeline.steps: unknown step(s) {unknown}; choose from {list(STEPS)}")
+    arms = [a for a in cfg.pipeline.arms]
+    bad_arms = [a for a in arms if a not in ARMS]
+    if bad_arms:
+        raise ValueError(f"pipeline.arms: unknown arm(s) {bad_arms}; choose from {list(ARMS)}")
+    seeds = [int(s) for s in cfg.pipeline.seeds]
+    folds = splits(cfg)
+    src = source_spec(cfg)
+    val_src = source_spec(cfg, "val") if has_val_source(cfg) else src
+    step_dir = os.path.join(run_dir, "steps")
+    plan = Plan()
+
+    # -- recap: the captioners over every image of the source -> the multi-caption table -----------------------
+    table, table_fields, recap_job = None, None, None
+    if "recap" in steps:
+        node = _step(cfg, "recap")
+        out = os.path.join(step_dir, "recap")
+        recap_job = Job(
+            "recap",
+            "generate",
+            node.experiment,
+            [*_user_overrides(node), *spec_overrides("data.predict", {**src, "split": None})],
+            out,
+        )
+        table = os.path.join(out, "predictions.jsonl")
+        plan.add(recap_job, {"table": table, "summary": os.path.join(out, "summary.json")})
+        plan.captioners = captioner_names(cfg, recap_job)
+        table_fields = ["captions", *plan.captioners]
+
+    # -- enhance: (train an enhancer), score raw + extended captions, apply the policy -----------------------------
+    enhanced, enhance_job = None, None
+    if "enhance" in steps:
+        node = _step(cfg, "enhance")
+        after: list[str] = []
+        enhancer = node.get("model_path")
+        if enhancer:
+            plan.enhancer = str(enhancer)
+        else:
+            align = Job(
+                "enhance/align",
+                "train",
+                node.align.experiment,
+                [*_user_overrides(node.align), *spec_overrides("data.train", src)],
+                os.path.join(step_dir, "enhance_align"),
+                resume_from_checkpoint=True,
+            )
+            aligned = os.path.join(align.output_dir, "mini_llava")
+            plan.add(align, {"export": aligned})
+            train = Job(
+                "enhance/train",
+                "train",
+                node.train.experiment,
+                [
+                    *_user_overrides(node.train),
+                    *spec_overrides("data.train", src),
+                    override("model.init_from", aligned),
+                ],
+                os.path.join(step_dir, "enhance_train"),
+                after=[align.name],
+                resume_from_checkpoint=True,
+            )
+            enhancer = os.path.join(train.output_dir, "aitqe")
+            plan.add(train, {"export": enhancer})
+            plan.enhancer = "trained in pipeline"
+            after.append(train.name)
+        if table is not None:
+            scored_src = table_spec(table, table_fields)
+            after.append("recap")
+        else:
+            scored_src = src
+        score = Job(
+            "enhance/score",
+            "generate",
+            node.score.experiment,
+            [
+                *_user_overrides(node.score),
+                *spec_overrides("data.predict", {**scored_src, "split": None}),
+                override("model.model_path", enhancer),
+            ],
+            os.path.join(step_dir, "enhance_score"),
+            after=after,
+        )
+        enhanced = os.path.join(score.output_dir, "enhanced.jsonl")
+        enhance_job = plan.add(
+            score,
+            {
+                "enhanced": enhanced,
+                "scores": os.path.join(score.output_dir, "predictions.jsonl"),
+                "report": os.path.join(score.output_dir, "report.json"),
+            },
+        )
+
+    def arm_data(split: Split, train_fields: Mapping, seed: int, zero_shot: bool) -> list[str]:
+        ov = [
+            *spec_overrides("data.train", {**train_fields, **split.spec("train")}),
+            *spec_overrides("data.val", {**val_src, **(split.spec("val") if val_src is src else {})}),
+            override("data.val.name", "heldout"),
+            override("seed", seed),
+        ]
+        if zero_shot:
+            ov.append(override("callbacks.zero_shot.data", {"path": "demo", **split.spec("val")}))
+            ov.append(override("callbacks.zero_shot.name", "heldout"))
+        else:
+            ov.append(override("callbacks.zero_shot", None))
+        return ov
+
+    zero_shot = src.get("path") == "demo" and bool(cfg.pipeline.eval.get("zero_shot", True))
+
+    # -- llm2clip: (stage 1 on the final caption groups), the embedding cache, stage 2 per split and seed -------
+    if "llm2clip" in steps and "llm2clip" in arms:
+        node = _step(cfg, "llm2clip")
+        final = table_spec(enhanced) if enhanced else table_spec(table, table_fields) if table else src
+        upstream = [enhance_job.name] if enhance_job else ["recap"] if recap_job else []
+        encoder = str(node.encoder)
+        after = list(upstream)
+        if node.stage1.get("enabled"):
+            s1 = Job(
+                "llm2clip/stage1",
+                "train",
+                node.stage1.experiment,
+                [
+                    *_user_overrides(node.stage1),
+                    *spec_overrides("data.train", {**final, "text_only": True}),
+                    override("model.llm_encoder.name_or_path", encoder),
+                ],
+                os.path.join(step_dir, "llm2clip_stage1"),
+                after=upstream,
+                resume_from_checkpoint=True,
+            )
+            encoder = os.path.join(s1.output_dir, "encoder")
+            plan.add(s1, {"encoder": encoder})
+            after = [s1.name]
+        embed = Job(
+            "llm2clip/embed",
+            "generate",
+            node.embed.experiment,
+            [
+                *_user_overrides(node.embed),
+                *spec_overrides("data.predict", {**final, "text_only": True, "split": None}),
+                override("model.llm_encoder.name_or_path", encoder),
+            ],
+            os.path.join(step_dir, "llm2clip_embed"),
+            after=after,
+        )
+        shards = os.path.join(embed.output_dir, "shards")
+        plan.add(embed, {"shards": shards})
+        for split in folds:
+            for seed in seeds:
+                job = Job(
+                    f"llm2clip/{split.name}_s{seed}",
+                    "train",
+                    node.train.experiment,
+                    [
+                        *_user_overrides(node.train),
+                        override("llm2clip_encoder", encoder),
+                        override("llm2clip_cache", shards),
+                        *arm_data(split, {**final, "text_embeddings": shards}, seed, zero_shot),
+                    ],
+                    os.path.join(step_dir, "llm2clip", f"{split.name}_s{seed}"),
+                    after=[*after, embed.name],
+                    resume_from_checkpoint=True,
+                )
+                plan.add(job, {"metrics": os.path.join(job.output_dir, "metrics.json")})
+                plan.arm_runs.setdefault("llm2clip", []).append((split, seed, job.name))
+
+    # -- train: the CLIP recipe on each arm's captions, same images / seeds / budget ---------------------------
+    if "train" in steps:
+        node = _step(cfg, "train")
+        for arm in (a for a in arms if a != "llm2clip"):
+            if arm == "recap" and table is None:
+                raise ValueError("pipeline.arms has 'recap' but pipeline.steps has no 'recap' step")
+            if arm == "enhanced" and enhanced is None:
+                raise ValueError("pipeline.arms has 'enhanced' but pipeline.steps has no 'enhance' step")
+            experiment = str(node.experiments[arm])
+            if arm == "raw":
+                fields, after, extra = src, [], []
+            elif arm == "recap":
+                fields = table_spec(table, table_fields)
+                after, extra = ["recap"], [override("recap_table", table)]
+            else:
+                fields = table_spec(enhanced)
+                after, extra = [enhance_job.name], []
+            for split in folds:
+                for seed in seeds:
+                    job = Job(
+                        f"train/{arm}/{split.name}_s{seed}",
+                        "train",
+                        experiment,
+                        [*_user_overrides(node), *extra, *arm_data(split, fields, seed, zero_shot)],
+                        os.path.join(step_dir, "train", arm, f"{split.name}_s{seed}"),
+                        after=after,
+                        resume_from_checkpoint=True,
+                    )
+                    plan.add(job, {"metrics": os.path.join(job.output_dir, "metrics.json")})
+                    plan.arm_runs.setdefault(arm, []).append((split, seed, job.name))
+    return plan
+
+
+def read_json(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
