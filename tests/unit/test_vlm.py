@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -22,8 +23,12 @@ from clipforge.models.vlm import (
     VisionLanguageModel,
     VLMSpec,
 )
+from clipforge.tasks.enhance.prompt import build_prompt, image_tag
 from tests.helpers.tiny_vlm import (
+    LLM,
+    SIGLIP,
     save_tiny_causal_lm,
+    save_tiny_qwen2_tokenizer,
     save_tiny_siglip,
     tiny_images,
     tiny_spec,
@@ -69,6 +74,74 @@ def vlm(folders):
     torch.manual_seed(0)
     siglip, qwen = folders
     return VisionLanguageModel.build(VLMSpec(SiglipPatchVision(siglip), CausalLMSpec(qwen))).eval()
+
+
+@pytest.fixture(scope="module")
+def qwen_vlm(tmp_path_factory):
+    """A config-only SigLIP + a random Qwen2 with a Qwen2Tokenizer ("\\n\\n" is one token, as in Qwen2's)."""
+    tok_dir = save_tiny_qwen2_tokenizer(tmp_path_factory.mktemp("qwen2_tok"))
+    torch.manual_seed(0)
+    llm = CausalLMSpec(config={"model_type": "qwen2", **LLM}, tokenizer=tok_dir)
+    return VisionLanguageModel.build(VLMSpec(SiglipPatchVision(config=SIGLIP), llm)).eval()
+
+
+NOLOSS_START, NOLOSS_END = "<noloss_start>", "<noloss_end>"
+
+
+def official_prompt_ids(tokenizer, prompt: str, image_tokens: int) -> list[int]:
+    """AITQE's ``MMDataProcessor`` at inference (``is_infra=True``), re-stated step by step from its
+    ``data_processor.py``: every JSON image tag is wrapped in ``<noloss_start>...<noloss_end>``; the newline rule
+    then sees ``<img_end>`` followed by ``<noloss_end>`` and inserts ``"\\n"`` there; the text is split at the
+    no-loss spans, each span is split at its image tag, and every piece is tokenized on its own
+    (``tokenizer(piece).input_ids``); an image becomes ``image_tokens`` positions of id -1."""
+    start, end = "<img_start>", "<img_end>"
+    text = prompt
+    for obj in re.findall(f"{start}(.*?){end}", prompt):
+        json.loads(obj)  # the test prompts hold JSON tags only (others are not wrapped by the official code)
+        text = text.replace(f"{start}{obj}{end}", f"{NOLOSS_START}{start}{obj}{end}{NOLOSS_END}")
+    text = re.sub(f"{re.escape(end)} +", end, text)
+    text = re.sub(f"{re.escape(end)}(?![ \n])", f"{end}\n", text)
+    ids: list[int] = []
+    for part in re.split(f"({NOLOSS_START}.*?{NOLOSS_END})", text, flags=re.DOTALL):
+        if not part:
+            continue
+        if re.match(f"{NOLOSS_START}.*?{NOLOSS_END}", part, flags=re.DOTALL):
+            inner = part.replace(NOLOSS_START, "").replace(NOLOSS_END, "")
+            for piece in re.split(f"({start}.*?{end})", inner):
+                if re.match(f"{start}.*?{end}", piece):
+                    ids += [IMAGE_POSITION] * image_tokens
+                else:
+                    ids += tokenizer(piece).input_ids
+        else:
+            ids += tokenizer(part).input_ids
+    return ids
+
+
+def test_aitqe_prompt_ids_are_the_official_processors(qwen_vlm):
+    """The official processor adds a "\\n" after ``<img_end>`` and tokenizes it apart from the question: the
+    image, then ``"\\n"``, then ``"\\nEvaluate ..."`` (one more token than the image + ``"\\n\\nEvaluate..."``
+    or the image + ``"\\nEvaluate..."``)."""
+    tok, n = qwen_vlm.tokenizer, qwen_vlm.num_image_tokens
+    assert tok("\n").input_ids == tok("\n", add_special_tokens=False).input_ids  # no BOS / EOS added
+    assert len(tok("\n\nEvaluate").input_ids) < len(tok("\n").input_ids + tok("\nEvaluate").input_ids)
+    prompts = [
+        build_prompt("a cat on a sofa"),
+        build_prompt("two dogs.  "),
+        build_prompt("12 cats", image_path="figs/test.png"),
+        f"{image_tag()} Evaluate the caption: a cat",  # a space after the tag
+        f"{image_tag()}Evaluate the caption: a cat",  # nothing between the tag and the text
+        f"Look: {image_tag()}\nEvaluate the caption: a cat",  # text before the tag
+        f"Evaluate the caption: a cat\n{image_tag()}",  # the tag last
+        image_tag(),
+    ]
+    rows = qwen_vlm.build_inputs(prompts)
+    for i, prompt in enumerate(prompts):
+        expected = official_prompt_ids(tok, prompt, n)
+        got = rows["input_ids"][i][rows["attention_mask"][i].bool()].tolist()
+        assert got == expected, prompt
+    question = tok("\nEvaluate the caption: a cat on a sofa").input_ids
+    first = rows["input_ids"][0][rows["attention_mask"][0].bool()].tolist()
+    assert first[: n + 1 + len(question)] == [IMAGE_POSITION] * n + tok("\n").input_ids + question
 
 
 def test_projector_is_linear_gelu_linear_without_bias():
@@ -122,12 +195,14 @@ def test_released_aitqe_folder_matches_the_official_forward(folders, tmp_path):
     ).eval()
     assert model.num_image_tokens == 16 and model.eos_token_id == ref["tokenizer"].eos_token_id
     tok = ref["tokenizer"]
-    # the official prompt: image first, then "\n" + question, tokenized part by part without special tokens
-    text = tok("\nEvaluate the caption: a cat", add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([[IMAGE_POSITION] * 16 + text])
+    # the official prompt: image, the "\n" its processor adds after <img_end>, then "\n" + question, each piece
+    # tokenized on its own (official_prompt_ids)
+    prompt = '<img_start>{"path": "x.png", "source": "localpath", "file_type": "I"}<img_end>\nEvaluate the caption: a cat'
+    expected_ids = official_prompt_ids(tok, prompt, 16)
+    assert expected_ids[16:] == tok("\n").input_ids + tok("\nEvaluate the caption: a cat").input_ids
+    ids = torch.tensor([expected_ids])
     mask = torch.ones_like(ids)
     pixels = torch.randn(1, 3, 32, 32)
-    prompt = '<img_start>{"path": "x.png", "source": "localpath", "file_type": "I"}<img_end>\nEvaluate the caption: a cat'
     assert torch.equal(model.build_inputs([prompt])["input_ids"], ids)
     with torch.no_grad():
         embeds = ref["llm"].model.embed_tokens(ids.clamp(min=0))

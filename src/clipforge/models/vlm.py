@@ -5,8 +5,11 @@ penultimate layer, every one of the 27 x 27 = 729 patch tokens of so400m-patch14
 ``Linear -> GELU -> Linear(bias=False)`` into the LLM's embedding width. A prompt's image placeholder is expanded
 to that many positions (id :data:`IMAGE_POSITION`), whose token embeddings are replaced by the projected features
 in order; the causal LM (Qwen2 in the paper, any ``AutoModelForCausalLM`` here) does the rest. One image per
-prompt; a prompt without a placeholder gets its image first, as in AITQE's ``<img_start>...<img_end>\\n`` prompts
-(which are recognised as placeholders too).
+prompt; a prompt without a placeholder gets its image first. AITQE's ``<img_start>{json}<img_end>`` tags are
+placeholders too, tokenized as the official processor does (``data_processor.py``): it wraps the tag in
+``<noloss_start>...<noloss_end>``, so its newline rule inserts ``"\\n"`` right after ``<img_end>``, and every piece is
+tokenized on its own: ``[image, "\\n", "\\nEvaluate the caption: ..."]`` for the official prompt (one token more than
+the image followed by the prompt's own text).
 
 Folder layout, the one of the released ``HymanH/AITQE`` checkpoint (:meth:`VisionLanguageModel.save_pretrained`,
 :meth:`VisionLanguageModel.from_pretrained`):
@@ -623,7 +626,9 @@ class VisionLanguageModel(nn.Module):
         if tokenizer.pad_token_id is None or self.eos_token_id is None:
             raise ValueError("the tokenizer needs a pad token and an EOS token")
         self.num_image_tokens = vision.num_tokens
-        self._placeholder = re.compile(f"{re.escape(image_placeholder)}|{AITQE_IMAGE}", re.DOTALL)
+        self._placeholder = re.compile(
+            f"(?P<plain>{re.escape(image_placeholder)})|(?P<aitqe>{AITQE_IMAGE})", re.DOTALL
+        )
 
     # -- construction ----------------------------------------------------------------------------------------------
     @classmethod
@@ -791,11 +796,17 @@ class VisionLanguageModel(nn.Module):
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
     def _prompt_ids(self, prompt: str) -> list[int]:
-        parts = self._placeholder.split(prompt)
-        if len(parts) > 2:
-            raise ValueError(f"one image per prompt: {len(parts) - 1} placeholders in {prompt!r}")
-        before, after = parts if len(parts) == 2 else ("", parts[0])
-        return self._tokens(before) + [IMAGE_POSITION] * self.num_image_tokens + self._tokens(after)
+        found = list(self._placeholder.finditer(prompt))
+        if len(found) > 1:
+            raise ValueError(f"one image per prompt: {len(found)} placeholders in {prompt!r}")
+        image = [IMAGE_POSITION] * self.num_image_tokens
+        if not found:
+            return image + self._tokens(prompt)
+        tag = found[0]
+        # AITQE's processor wraps the tag in <noloss_start>...<noloss_end>, so its newline rule adds "\n" right
+        # after <img_end> inside that span, and the pieces are tokenized one by one: image, "\n", the text after
+        newline = self._tokens("\n") if tag.lastgroup == "aitqe" else []
+        return self._tokens(prompt[: tag.start()]) + image + newline + self._tokens(prompt[tag.end() :])
 
     def build_inputs(
         self,
@@ -806,7 +817,8 @@ class VisionLanguageModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Token ids with expanded image positions, attention mask and (with ``answers``) labels.
 
-        A prompt is tokenized around its placeholder without special tokens added (AITQE: no BOS/EOS); an answer
+        A prompt is tokenized around its placeholder without special tokens added (AITQE: no BOS/EOS), with the
+        ``"\\n"`` the official processor adds after an AITQE ``<img_end>`` (see the module docstring); an answer
         is tokenized on its own and followed by the EOS token. Labels are the answer tokens and the EOS,
         :data:`IGNORE_INDEX` elsewhere.
 
