@@ -144,6 +144,110 @@ def test_aitqe_prompt_ids_are_the_official_processors(qwen_vlm):
     assert first[: n + 1 + len(question)] == [IMAGE_POSITION] * n + tok("\n").input_ids + question
 
 
+# the pre-tokenizer patterns of transformers 4.x's slow byte-level BPE classes (tokenization_gpt2.py, _qwen2.py)
+SLOW_PATTERNS = {
+    "GPT2Tokenizer": r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+    "Qwen2Tokenizer": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+}
+
+
+def _byte_symbols() -> dict[int, str]:
+    """GPT-2's byte -> printable character table: printable Latin-1 bytes map to themselves, the others to
+    256, 257, ... in byte order."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def slow_bpe_ids(folder: str, text: str) -> list[int]:
+    """What a transformers-4.x slow byte-level BPE tokenizer (``use_fast=False``) reads and computes, re-stated:
+    ``tokenizer_class`` from ``tokenizer_config.json``, the vocabulary from ``vocab.json``, merge ranks from
+    ``merges.txt`` and added tokens from ``added_tokens_decoder``. Added tokens split the text first; each
+    remaining piece is NFC-normalised (Qwen2), cut by the class's pattern, mapped to byte symbols and merged by
+    rank."""
+    import unicodedata
+
+    import regex
+
+    with open(os.path.join(folder, "tokenizer_config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    cls = config["tokenizer_class"]
+    with open(os.path.join(folder, "vocab.json"), encoding="utf-8") as f:
+        vocab = json.load(f)
+    with open(os.path.join(folder, "merges.txt"), encoding="utf-8") as f:
+        lines = [line.rstrip("\n") for line in f]
+    merges = [
+        tuple(line.split()) for i, line in enumerate(lines) if line and not (i == 0 and line.startswith("#"))
+    ]
+    ranks = {pair: r for r, pair in enumerate(merges)}
+    added = {t["content"]: int(i) for i, t in config.get("added_tokens_decoder", {}).items()}
+    symbols = _byte_symbols()
+    pattern = regex.compile(SLOW_PATTERNS[cls])
+
+    def bpe(word: list[str]) -> list[str]:
+        while len(word) > 1:
+            pairs = [(ranks.get((a, b), float("inf")), i) for i, (a, b) in enumerate(zip(word, word[1:]))]
+            rank, i = min(pairs)
+            if rank == float("inf"):
+                break
+            word = word[:i] + [word[i] + word[i + 1]] + word[i + 2 :]
+        return word
+
+    ids: list[int] = []
+    split = (
+        "(" + "|".join(regex.escape(t) for t in sorted(added, key=len, reverse=True)) + ")" if added else None
+    )
+    for piece in regex.split(split, text) if split else [text]:
+        if piece in added:
+            ids.append(added[piece])
+            continue
+        if cls == "Qwen2Tokenizer":
+            piece = unicodedata.normalize("NFC", piece)
+        for chunk in pattern.findall(piece):
+            ids += [vocab[t] for t in bpe([symbols[b] for b in chunk.encode("utf-8")])]
+    return ids
+
+
+TOKENIZER_SAMPLES = [
+    build_prompt("a cat on a sofa"),
+    "\n\nEvaluate  the image: 12 cats, 3 dogs.\tDone!",
+    "naïve café — déjà vu, e\u0301 composed",
+    "<|im_start|>user\nhi<|im_end|><|endoftext|>",
+    "  leading and trailing  ",
+]
+
+
+@pytest.mark.parametrize("which", ["qwen2_tokenizer", "byte_level"])
+def test_saved_folder_loads_with_the_official_slow_tokenizer_call(which, qwen_vlm, tmp_path):
+    """The official inference loads ``AutoTokenizer.from_pretrained(path, use_fast=False)`` (transformers 4.41):
+    a slow byte-level BPE needs ``vocab.json``, ``merges.txt``, the added tokens and a class it knows. A saved
+    folder gives the fast tokenizer's ids through that route (re-stated in :func:`slow_bpe_ids`), and still
+    reloads unchanged here."""
+    from transformers import AutoTokenizer
+
+    vlm = qwen_vlm if which == "qwen2_tokenizer" else VisionLanguageModel.build(tiny_spec()).eval()
+    out = vlm.save_pretrained(str(tmp_path / "aitqe"))
+    with open(os.path.join(out, "tokenizer_config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    assert config["tokenizer_class"] == ("Qwen2Tokenizer" if which == "qwen2_tokenizer" else "GPT2Tokenizer")
+    for text in TOKENIZER_SAMPLES:
+        fast = vlm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert slow_bpe_ids(out, text) == fast, text
+    again = AutoTokenizer.from_pretrained(out, use_fast=False)
+    for text in TOKENIZER_SAMPLES:
+        assert again(text)["input_ids"] == vlm.tokenizer(text)["input_ids"], text
+    assert (again.pad_token_id, again.eos_token_id) == (
+        vlm.tokenizer.pad_token_id,
+        vlm.tokenizer.eos_token_id,
+    )
+
+
 def test_projector_is_linear_gelu_linear_without_bias():
     p = build_projector("mlp", 12, 8)
     assert [type(m).__name__ for m in p] == ["Linear", "GELU", "Linear"]

@@ -56,6 +56,7 @@ __all__ = [
     "VLMSpec",
     "VisionLanguageModel",
     "byte_level_tokenizer",
+    "save_tokenizer",
 ]
 
 IGNORE_INDEX = -100
@@ -762,7 +763,7 @@ class VisionLanguageModel(nn.Module):
         save_torch_state_dict(state, path, max_shard_size=max_shard_size)
         with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
             json.dump(self.config_dict(), f, indent=2)
-        self.tokenizer.save_pretrained(path)
+        save_tokenizer(self.tokenizer, path)
         return path
 
     @torch.no_grad()
@@ -969,6 +970,73 @@ class VisionLanguageModel(nn.Module):
         out = self.generate(**inputs, max_new_tokens=max_new_tokens, **kwargs)
         new = out[:, inputs["input_ids"].shape[1] :]
         return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def _byte_level_bpe_class(backend_state: dict) -> str | None:
+    """The transformers-4.x slow class that tokenizes like this ``tokenizers`` byte-level BPE, if any:
+    ``GPT2Tokenizer`` (a bare ``ByteLevel`` pre-tokenizer with GPT-2's pattern, no normalizer) or
+    ``Qwen2Tokenizer`` (NFC, Qwen2's split pattern, then ``ByteLevel`` without its own pattern)."""
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    pre, norm = backend_state.get("pre_tokenizer") or {}, backend_state.get("normalizer")
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space"):
+        return "GPT2Tokenizer" if norm is None else None
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
+    if (
+        len(steps) == 2
+        and steps[0].get("type") == "Split"
+        and steps[0].get("pattern", {}).get("Regex") == PRETOKENIZE_REGEX
+        and steps[1].get("type") == "ByteLevel"
+        and not steps[1].get("use_regex", True)
+        and (norm or {}).get("type") == "NFC"
+    ):
+        return "Qwen2Tokenizer"
+    return None
+
+
+def save_tokenizer(tokenizer, path: str) -> None:
+    """``tokenizer.save_pretrained(path)``, plus what transformers 4.x's slow loader needs for a byte-level BPE
+    (the official AITQE inference calls ``AutoTokenizer.from_pretrained(path, use_fast=False)`` under
+    transformers 4.41): ``vocab.json`` and ``merges.txt``, the added tokens as ``added_tokens_decoder`` (so their
+    ids do not depend on the order a loader adds them in), ``additional_special_tokens`` and a
+    ``tokenizer_class`` 4.x knows — v5's generic ``TokenizersBackend`` becomes the slow class that tokenizes
+    alike (:func:`_byte_level_bpe_class`). Other tokenizers are saved as they are.
+    """
+    tokenizer.save_pretrained(path)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    state = json.loads(backend.to_str()) if backend is not None else {}
+    if state.get("model", {}).get("type") != "BPE":
+        return
+    slow = _byte_level_bpe_class(state)
+    if slow is None:
+        return
+    backend.model.save(
+        path
+    )  # vocab.json, merges.txt (the model's own vocabulary; added tokens are listed below)
+    config_file = os.path.join(path, "tokenizer_config.json")
+    with open(config_file, encoding="utf-8") as f:
+        config = json.load(f)
+    config.setdefault(
+        "added_tokens_decoder",
+        {
+            str(i): {
+                "content": t.content,
+                "lstrip": t.lstrip,
+                "normalized": t.normalized,
+                "rstrip": t.rstrip,
+                "single_word": t.single_word,
+                "special": t.special,
+            }
+            for i, t in sorted(tokenizer.added_tokens_decoder.items())
+        },
+    )
+    extra = config.get("extra_special_tokens")
+    if isinstance(extra, list) and extra:
+        config.setdefault("additional_special_tokens", list(extra))
+    if config.get("tokenizer_class") in (None, "TokenizersBackend", "PreTrainedTokenizerFast"):
+        config["tokenizer_class"] = slow
+    with open(config_file, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, ensure_ascii=False)
 
 
 def _check_mm_config(mm: dict) -> None:
