@@ -248,6 +248,58 @@ def test_saved_folder_loads_with_the_official_slow_tokenizer_call(which, qwen_vl
     )
 
 
+def official_image_features(siglip: torch.nn.Module, pixels: torch.Tensor, name: str) -> torch.Tensor:
+    """modeling_mm.py ``_merge_input_ids_with_image_features``: the penultimate hidden states, without patch 0
+    unless ``vision_model_name_or_path`` contains "siglip"."""
+    feats = siglip(pixels, output_hidden_states=True).hidden_states[-2]
+    return feats if "siglip" in name.lower() else feats[:, 1:]
+
+
+@pytest.mark.parametrize("tower", ["config_only", "folder_not_named_siglip"])
+def test_vision_model_name_or_path_keeps_the_official_behaviour(tower, folders, tmp_path):
+    """``vision_model_name_or_path`` is what the official model builds its SigLIP config and image processor from,
+    and it drops patch 0 unless the name contains "siglip": a saved folder names a SigLIP folder that holds both
+    (its own ``siglip_vision/`` when the tower has no such name) and every patch is kept; it still loads here,
+    also after the folder is moved."""
+    import shutil
+
+    from transformers import SiglipImageProcessor, SiglipVisionConfig
+
+    if tower == "config_only":
+        vision = SiglipPatchVision(config=SIGLIP, mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4))
+    else:
+        vision = SiglipPatchVision(str(shutil.copytree(folders[0], tmp_path / "tower")))
+    torch.manual_seed(0)
+    vlm = VisionLanguageModel.build(VLMSpec(vision, CausalLMSpec(folders[1]))).eval()
+    out = vlm.save_pretrained(str(tmp_path / "aitqe"))
+    config = json.loads((tmp_path / "aitqe" / "config.json").read_text())
+    name = config["vision_model_name_or_path"]
+    assert "siglip" in name.lower()
+    official = SiglipVisionConfig.from_pretrained(name)
+    for key in ("hidden_size", "image_size", "patch_size", "num_hidden_layers", "num_attention_heads"):
+        assert getattr(official, key) == getattr(vision.vision_config(), key), key
+    proc = SiglipImageProcessor.from_pretrained(name)
+    images = tiny_images(2)
+    torch.testing.assert_close(
+        proc(images, return_tensors="pt")["pixel_values"], vlm.pixel_values(images), atol=2e-2, rtol=0
+    )
+    with torch.no_grad():
+        feats = official_image_features(vlm.vision_model.vision_model, vlm.pixel_values(images), name)
+    assert feats.shape[1] == config["image_tile_tokens"] == 16
+    inputs = vlm.build_inputs(PROMPTS, ANSWERS)
+    pixels = vlm.pixel_values(tiny_images(3))
+    with torch.no_grad():
+        expected = vlm(pixels, inputs["input_ids"], inputs["attention_mask"])
+        moved = shutil.move(out, tmp_path / "moved")
+        again = VisionLanguageModel.from_pretrained(str(moved)).eval()
+        torch.testing.assert_close(again(pixels, inputs["input_ids"], inputs["attention_mask"]), expected)
+    resaved = again.save_pretrained(str(tmp_path / "resaved"))
+    name2 = json.loads((tmp_path / "resaved" / "config.json").read_text())["vision_model_name_or_path"]
+    assert "siglip" in name2.lower() and SiglipVisionConfig.from_pretrained(name2).hidden_size == 32
+    if tower == "config_only":
+        assert name2.startswith(os.path.abspath(resaved))  # the new folder's own copy, not the moved one's
+
+
 def test_projector_is_linear_gelu_linear_without_bias():
     p = build_projector("mlp", 12, 8)
     assert [type(m).__name__ for m in p] == ["Linear", "GELU", "Linear"]

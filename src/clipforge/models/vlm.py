@@ -19,11 +19,17 @@ Folder layout, the one of the released ``HymanH/AITQE`` checkpoint (:meth:`Visio
   ``image_tile_tokens``, ``pesudo_img_size``, ``pesudo_patch_size`` (sic), ``visual_hidden_dim``,
   ``pooling_kernel``, ``image_token_index``, ``pad_token_index``, ``eos_token_index``, ``IGNORE_INDEX``. Ours add
   ``text_model_type`` (absent = ``qwen2``), ``vision_tower`` (the tower's own config, so a folder is self-contained;
-  absent = a SigLIP read from ``vision_model_name_or_path``) and ``image_placeholder``.
+  absent = a SigLIP read from ``vision_model_name_or_path``) and ``image_placeholder``. ``vision_model_name_or_path``
+  is written for the official code, which builds its SigLIP from it and keeps patch 0 only when the name contains
+  "siglip": a tower's own name when it says "siglip", else the absolute path of ``siglip_vision/`` (see
+  :meth:`VisionLanguageModel.official_vision_name`).
+* ``siglip_vision/`` (SigLIP towers not named "siglip"): the tower's ``config.json`` and
+  ``preprocessor_config.json``, no weights.
 * ``model.safetensors`` (or shards + index): ``model.*`` (the causal LM), ``vision_model.vision_model.*`` (SigLIP)
   or ``vision_model.model.*`` (timm), ``mm_projector.{0,2}.*`` and ``image_newline`` (present in the official
   model, unused by its forward pass and by ours).
-* the tokenizer files.
+* the tokenizer files, with ``vocab.json`` / ``merges.txt`` for the official ``use_fast=False`` load
+  (:func:`save_tokenizer`).
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ __all__ = [
     "VLMSpec",
     "VisionLanguageModel",
     "byte_level_tokenizer",
+    "folder_vision",
     "save_tokenizer",
 ]
 
@@ -65,6 +72,9 @@ IMAGE_POSITION = -1
 """Token id of the expanded image positions (the official code's marker); never looked up in the embedding."""
 IMAGE_TOKEN_INDEX = -200
 """``image_token_index`` written to ``config.json``: the id of an unexpanded image (LLaVA's convention)."""
+SIGLIP_FOLDER = "siglip_vision"
+"""Sub-folder of a saved model holding its SigLIP config and image processor for the official code (see
+:meth:`VisionLanguageModel.official_vision_name`)."""
 AITQE_IMAGE = r"<img_start>.*?<img_end>"
 """AITQE's image reference in prompts (``<img_start>{json}<img_end>``), treated as a placeholder."""
 
@@ -281,6 +291,21 @@ class SiglipPatchVision(PatchVision):
     def image_transform(self, train: bool) -> Callable:
         return SquareImageTransform(self.image_size, *self._normalisation())
 
+    def save_official(self, path: str) -> str:
+        """Write the folder the official AITQE model reads its tower from (``SiglipVisionConfig`` and
+        ``SiglipImageProcessor.from_pretrained(vision_model_name_or_path)``): ``config.json`` and a
+        ``preprocessor_config.json`` with this tower's size and normalisation (plus the ``crop_size`` the official
+        data processor reads). No weights: they live in the model's own safetensors. Returns ``path``."""
+        from transformers import SiglipImageProcessor
+
+        mean, std = self._normalisation()
+        side = {"height": self.image_size, "width": self.image_size}
+        self.vision_config().save_pretrained(path)
+        SiglipImageProcessor(
+            size=side, crop_size=side, image_mean=list(mean), image_std=list(std)
+        ).save_pretrained(path)
+        return path
+
     def to_config(self) -> dict:
         mean, std = self._normalisation()
         return {
@@ -445,6 +470,16 @@ def patch_vision_from_config(tower: dict | None, name_or_path: str | None) -> Pa
     if tower["type"] == "siglip" and name_or_path:
         args["name_or_path"] = name_or_path
     return kinds[tower["type"]](**args)
+
+
+def folder_vision(config: dict, vision_model_name_or_path: str | None = None) -> PatchVision:
+    """The tower spec of a saved folder's ``config.json``: its ``vision_tower`` entry (clipforge folders, whose
+    ``vision_model_name_or_path`` is only the official code's entry, see
+    :meth:`VisionLanguageModel.official_vision_name`), else the SigLIP that ``vision_model_name_or_path`` names
+    (released folders). ``vision_model_name_or_path`` given here overrides the SigLIP's path in both cases."""
+    tower = config.get("vision_tower")
+    name = vision_model_name_or_path or (None if tower else config.get("vision_model_name_or_path"))
+    return patch_vision_from_config(tower, name)
 
 
 # -- language model ---------------------------------------------------------------------------------------------------
@@ -688,9 +723,7 @@ class VisionLanguageModel(nn.Module):
             fields = json.load(f)
         mm = {k: fields.pop(k) for k in _MM_KEYS if k in fields}
         _check_mm_config(mm)
-        vision = patch_vision_from_config(
-            mm.get("vision_tower"), vision_model_name_or_path or mm.get("vision_model_name_or_path")
-        )
+        vision = folder_vision(mm, vision_model_name_or_path)
         if vision.num_tokens != mm.get("image_tile_tokens", vision.num_tokens):
             raise ValueError(
                 f"{path}: image_tile_tokens={mm['image_tile_tokens']} but {vision!r} gives {vision.num_tokens}"
@@ -720,8 +753,26 @@ class VisionLanguageModel(nn.Module):
         load_weights(vlm, path)
         return vlm
 
-    def config_dict(self) -> dict:
-        """The ``config.json`` of :meth:`save_pretrained`."""
+    def official_vision_name(self, path: str | None = None) -> str:
+        """``vision_model_name_or_path`` of a folder saved at ``path``.
+
+        The official model builds its SigLIP config and image processor from this name and drops patch 0 of the
+        tower's output unless the name contains "siglip" (``modeling_mm.py``). A SigLIP tower whose name says
+        "siglip" (a hub id such as ``google/siglip-so400m-patch14-384``, a folder named so) keeps its name;
+        any other SigLIP tower (config-only, or a folder named otherwise) gets the absolute path of the saved
+        folder's own :data:`SIGLIP_FOLDER` (written by :meth:`save_pretrained`), so the official code keeps
+        every patch, as this class does. Non-SigLIP towers (``timm:<name>``), which the official code cannot
+        build, keep their name. The entry is for the official code only: :meth:`from_pretrained` rebuilds the
+        tower from ``vision_tower``.
+        """
+        name = self.vision.name_or_path or ""
+        if not isinstance(self.vision, SiglipPatchVision) or "siglip" in name.lower() or path is None:
+            return name
+        return os.path.abspath(os.path.join(path, SIGLIP_FOLDER))
+
+    def config_dict(self, path: str | None = None) -> dict:
+        """The ``config.json`` of :meth:`save_pretrained` (``path``: where it is saved, see
+        :meth:`official_vision_name`)."""
         llm = self.model.config.to_dict()
         for k in ("architectures", "model_type", "_name_or_path", "transformers_version", "auto_map"):
             llm.pop(k, None)
@@ -731,7 +782,7 @@ class VisionLanguageModel(nn.Module):
             "model_type": "mm",
             **llm,
             "language_model_name_or_path": self.language_model_name_or_path,
-            "vision_model_name_or_path": vision.name_or_path or "",
+            "vision_model_name_or_path": self.official_vision_name(path),
             "mm_projector_type": "mlp",
             "image_aspect_ratio": "square",
             "image_token_index": IMAGE_TOKEN_INDEX,
@@ -749,8 +800,9 @@ class VisionLanguageModel(nn.Module):
         }
 
     def save_pretrained(self, path: str, max_shard_size: str = "5GB") -> str:
-        """Write the folder (``config.json``, safetensors weights with LoRA adapters merged, tokenizer); returns
-        ``path``. The live model is not changed."""
+        """Write the folder (``config.json``, safetensors weights with LoRA adapters merged, tokenizer and, for a
+        SigLIP tower not named "siglip", :data:`SIGLIP_FOLDER`); returns ``path``. The live model is not
+        changed."""
         from huggingface_hub import save_torch_state_dict
 
         os.makedirs(path, exist_ok=True)
@@ -761,8 +813,12 @@ class VisionLanguageModel(nn.Module):
                 seen.add(ident)
                 state[key] = value
         save_torch_state_dict(state, path, max_shard_size=max_shard_size)
+        config = self.config_dict(path)
+        own_siglip = os.path.abspath(os.path.join(path, SIGLIP_FOLDER))
+        if config["vision_model_name_or_path"] == own_siglip:
+            self.vision.save_official(own_siglip)
         with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(self.config_dict(), f, indent=2)
+            json.dump(config, f, indent=2)
         save_tokenizer(self.tokenizer, path)
         return path
 
