@@ -90,6 +90,48 @@ def save_tiny_causal_lm(path, model_type: str = "qwen2", tie_word_embeddings: bo
     return os.fspath(path)
 
 
+QWEN2_CORPUS = [
+    "Evaluate the caption: a cat on a sofa\nif score is low, give a short description of the image.\n"
+    "Respond using a dictionary structure.",
+    "a dog on a mat\n\nthe image shows 12 cats and 3 dogs.\n\n",
+    '{"path": "image", "source": "localpath", "file_type": "I"}',
+]
+
+
+def save_tiny_qwen2_tokenizer(path) -> str:
+    """A ``Qwen2Tokenizer`` folder: Qwen2's pre-tokenization (NFC, its split regex, byte level) with a few hundred
+    BPE merges learnt on AITQE-like text, so that ``"\n\n"`` is one token and ``"\n"`` another, as in Qwen2's
+    own vocabulary; ChatML specials (``<|endoftext|>`` pads, ``<|im_end|>`` ends). Saved by ``save_pretrained``
+    (``tokenizer.json`` only)."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    bpe.train_from_iterator(QWEN2_CORPUS * 20, trainer)
+    model = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    tok = Qwen2Tokenizer(
+        vocab=model["vocab"],
+        merges=merges,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"],
+    )
+    tok.save_pretrained(path)
+    return os.fspath(path)
+
+
 def write_released_aitqe(path, siglip_dir: str) -> dict:
     """A folder in the released ``HymanH/AITQE`` layout, built without ``clipforge.models.vlm``.
 

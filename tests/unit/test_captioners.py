@@ -88,8 +88,16 @@ def test_count_new_tokens_stops_at_eos_or_pad():
 
 def test_postprocess_rules_match_the_official_cut():
     official = lambda s: s.strip().split(".")[0]  # noqa: E731  (the seed scripts' expression)
-    for text in [" A dog runs. It is happy.", "no period at all ", "...", " A cat sits on a mat"]:
-        assert postprocess("first_sentence")(text) == official(text).strip()
+    texts = [
+        " A dog runs. It is happy.",
+        "no period at all ",
+        "...",
+        " A cat sits on a mat",
+        "A cat sits .\nIt",
+    ]
+    for text in texts:
+        assert postprocess("first_sentence")(text) == official(text)
+    assert postprocess("first_sentence")("A cat sits .\nIt") == "A cat sits "  # the space before "." stays
     assert postprocess("strip")("  a. b ") == "a. b"
     with pytest.raises(ValueError):
         postprocess("minigpt")

@@ -9,6 +9,7 @@ modules compute.
 from __future__ import annotations
 
 import functools
+import json
 import math
 
 import pytest
@@ -176,3 +177,189 @@ def test_converted_model_config_composes_with_hydra(tmp_path):
 def test_unknown_layout_is_rejected():
     with pytest.raises(ValueError, match="not a released LLM2CLIP"):
         detect_layout({"conv1.weight": torch.zeros(1)})
+
+
+# -- the Hugging Face folders (microsoft/LLM2CLIP-Openai-*) -----------------------------------------------------------
+HF_WIDTH, HF_HEADS, HF_LAYERS, HF_PATCH, HF_SIZE = 48, 4, 2, 8, 32  # head width 12: neither 64 nor 16
+
+
+def _hf_llm2clip_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random tensors under the names of the released ``CLIPModel`` with LLM2CLIP's adapter: ``vision_model.*``
+    (transformers' CLIP vision transformer), ``visual_projection``, ``text_adapter.adaptor.{0..3}`` LinearBlocks
+    + ``.4`` LayerNorm + ``.5`` Linear, ``logit_scale``, and the CLIP text tower the release still carries."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=0.2):
+        return torch.randn(*shape, generator=g) * scale
+
+    def norm(prefix, dim):
+        return {f"{prefix}.weight": 1 + r(dim), f"{prefix}.bias": r(dim)}
+
+    w, grid = HF_WIDTH, HF_SIZE // HF_PATCH
+    v = "vision_model."
+    state = {
+        f"{v}embeddings.class_embedding": r(w),
+        f"{v}embeddings.patch_embedding.weight": r(w, 3, HF_PATCH, HF_PATCH, scale=0.05),
+        f"{v}embeddings.position_embedding.weight": r(grid * grid + 1, w),
+        f"{v}embeddings.position_ids": torch.arange(grid * grid + 1)[None],  # a buffer older releases saved
+        **norm(f"{v}pre_layrnorm", w),
+        **norm(f"{v}post_layernorm", w),
+        "visual_projection.weight": r(EMBED, w),
+        "logit_scale": torch.tensor(math.log(30.0)),
+        "text_model.embeddings.token_embedding.weight": r(10, 8),
+        "text_projection.weight": r(8, 8),
+    }
+    for i in range(HF_LAYERS):
+        p = f"{v}encoder.layers.{i}."
+        for q in ("q", "k", "v", "out"):
+            state[f"{p}self_attn.{q}_proj.weight"], state[f"{p}self_attn.{q}_proj.bias"] = r(w, w), r(w)
+        state |= norm(f"{p}layer_norm1", w) | norm(f"{p}layer_norm2", w)
+        state[f"{p}mlp.fc1.weight"], state[f"{p}mlp.fc1.bias"] = r(2 * w, w), r(2 * w)
+        state[f"{p}mlp.fc2.weight"], state[f"{p}mlp.fc2.bias"] = r(w, 2 * w), r(w)
+    a = "text_adapter.adaptor."
+    for k in range(4):
+        state |= norm(f"{a}{k}.ln", LLM_DIM)
+        state[f"{a}{k}.fn.0.weight"], state[f"{a}{k}.fn.0.bias"] = r(2 * LLM_DIM, LLM_DIM), r(2 * LLM_DIM)
+        state[f"{a}{k}.fn.3.weight"], state[f"{a}{k}.fn.3.bias"] = r(LLM_DIM, 2 * LLM_DIM), r(LLM_DIM)
+    state |= norm(f"{a}4", LLM_DIM)
+    state[f"{a}5.weight"], state[f"{a}5.bias"] = r(EMBED, LLM_DIM), r(EMBED)
+    return state
+
+
+def _write_hf_folder(folder, state) -> None:
+    """The released folder: ``config.json`` (a CLIP config whose ``auto_map`` points at the folder's own
+    modelling files), those files, ``model.safetensors``."""
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+    config = {
+        "architectures": ["CLIPModel"],
+        "auto_map": {"AutoConfig": "configuration_clip.CLIPConfig", "AutoModel": "modeling_clip.CLIPModel"},
+        "model_type": "clip",
+        "projection_dim": EMBED,
+        "logit_scale_init_value": 2.6592,
+        "text_config": {"hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2},
+        "vision_config": {
+            "hidden_size": HF_WIDTH,
+            "intermediate_size": 2 * HF_WIDTH,
+            "num_hidden_layers": HF_LAYERS,
+            "num_attention_heads": HF_HEADS,
+            "image_size": HF_SIZE,
+            "patch_size": HF_PATCH,
+            "hidden_act": "quick_gelu",
+            "layer_norm_eps": 1e-5,
+            "projection_dim": EMBED,
+        },
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    for name in ("configuration_clip.py", "modeling_clip.py"):  # remote code: read by nobody here
+        (folder / name).write_text("# trust_remote_code modelling file of the release\n")
+
+
+def _hf_image_features(state, pixels: torch.Tensor) -> torch.Tensor:
+    """CLIP's vision forward from the raw tensors (``get_image_features``): patch conv, class token, positions,
+    pre-LN; per layer pre-LN multi-head attention and a QuickGELU MLP, both residual; post-LN of the class token;
+    the projection."""
+    v, w, heads = "vision_model.", HF_WIDTH, HF_HEADS
+
+    def ln(x, prefix):
+        return F.layer_norm(x, (w,), state[f"{prefix}.weight"], state[f"{prefix}.bias"], eps=1e-5)
+
+    def lin(x, prefix):
+        return x @ state[f"{prefix}.weight"].T + state[f"{prefix}.bias"]
+
+    x = (
+        F.conv2d(pixels, state[f"{v}embeddings.patch_embedding.weight"], stride=HF_PATCH)
+        .flatten(2)
+        .transpose(1, 2)
+    )
+    cls = state[f"{v}embeddings.class_embedding"].expand(len(pixels), 1, w)
+    x = ln(torch.cat([cls, x], 1) + state[f"{v}embeddings.position_embedding.weight"], f"{v}pre_layrnorm")
+    for i in range(HF_LAYERS):
+        p = f"{v}encoder.layers.{i}."
+        h = ln(x, f"{p}layer_norm1")
+        q, k, val = (
+            lin(h, f"{p}self_attn.{n}_proj").unflatten(-1, (heads, -1)).transpose(1, 2) for n in "qkv"
+        )
+        att = (q @ k.transpose(-1, -2) / math.sqrt(w // heads)).softmax(-1) @ val
+        x = x + lin(att.transpose(1, 2).flatten(2), f"{p}self_attn.out_proj")
+        h = lin(ln(x, f"{p}layer_norm2"), f"{p}mlp.fc1")
+        x = x + lin(h * torch.sigmoid(1.702 * h), f"{p}mlp.fc2")
+    return ln(x[:, 0], f"{v}post_layernorm") @ state["visual_projection.weight"].T
+
+
+def _hf_text_features(state, emb: torch.Tensor) -> torch.Tensor:
+    """LLM2CLIP's adapter (``get_text_features``): L2-normalised input, four pre-LN residual GELU blocks, LN,
+    Linear."""
+    a = "text_adapter.adaptor."
+
+    def ln(x, prefix):
+        return F.layer_norm(x, (LLM_DIM,), state[f"{prefix}.weight"], state[f"{prefix}.bias"])
+
+    x = F.normalize(emb, dim=-1)
+    for k in range(4):
+        h = ln(x, f"{a}{k}.ln") @ state[f"{a}{k}.fn.0.weight"].T + state[f"{a}{k}.fn.0.bias"]
+        x = x + F.gelu(h) @ state[f"{a}{k}.fn.3.weight"].T + state[f"{a}{k}.fn.3.bias"]
+    return ln(x, f"{a}4") @ state[f"{a}5.weight"].T + state[f"{a}5.bias"]
+
+
+def test_hf_llm2clip_folder_converts_to_the_same_embeddings(tmp_path):
+    """A folder laid out like ``microsoft/LLM2CLIP-Openai-*`` (config.json + remote-code files + safetensors)
+    converts without being told its shapes (heads, image size come from ``config.json``), and the converted
+    module's image / text embeddings are the ones the released model's forward computes from the same tensors."""
+    state = _hf_llm2clip_state()
+    folder = tmp_path / "LLM2CLIP-Openai-tiny"
+    _write_hf_folder(folder, state)
+
+    converted = convert_llm2clip(str(folder))
+    assert converted.layout == "hf_clip"
+    assert (
+        converted.vision["model_args"]["num_heads"] == HF_HEADS and converted.vision["image_size"] == HF_SIZE
+    )
+    assert converted.embedding_dim == LLM_DIM and converted.embed_dim == EMBED
+    assert {"text_model.embeddings.token_embedding.weight", "text_projection.weight"} <= set(
+        converted.ignored
+    )
+    assert "vision_model.embeddings.position_ids" in converted.ignored
+    module = _module(converted, write_converted(converted, str(tmp_path / "out"))["weights"])
+
+    g = torch.Generator().manual_seed(1)
+    pixels, emb = torch.randn(3, 3, HF_SIZE, HF_SIZE, generator=g), torch.randn(4, LLM_DIM, generator=g) * 3
+    with torch.no_grad():
+        torch.testing.assert_close(
+            module.encode_image(pixels),
+            F.normalize(_hf_image_features(state, pixels), dim=-1),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+        torch.testing.assert_close(
+            module.encode_embedding(emb),
+            F.normalize(_hf_text_features(state, emb), dim=-1),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+    torch.testing.assert_close(module.loss.logit_scale.exp(), torch.tensor(30.0))
+
+
+def test_hf_folder_config_disagreeing_with_the_weights_is_an_error(tmp_path):
+    state = _hf_llm2clip_state()
+    folder = tmp_path / "bad"
+    _write_hf_folder(folder, state)
+    config = json.loads((folder / "config.json").read_text())
+    config["vision_config"]["hidden_act"] = "gelu"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="hidden_act"):
+        convert_llm2clip(str(folder))
+    config["vision_config"] |= {"hidden_act": "quick_gelu", "num_attention_heads": 5}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="num_attention_heads"):
+        convert_llm2clip(str(folder))
+
+
+def test_hf_vision_keys_without_clip_pre_layernorm_are_rejected_clearly():
+    """An EVA-CLIP vision tower converted to Hugging Face names has ``vision_model.embeddings.*`` but no CLIP
+    ``pre_layrnorm``: a clear error, not a KeyError half-way through the CLIP mapping."""
+    state = {k: v for k, v in _hf_llm2clip_state().items() if "pre_layrnorm" not in k}
+    with pytest.raises(ValueError, match="pre_layrnorm"):
+        detect_layout(state)

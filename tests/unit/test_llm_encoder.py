@@ -247,3 +247,59 @@ def test_real_smollm2_from_gguf_exports_a_plain_checkpoint(tmp_path):
     assert "quantization_config" not in json.loads((tmp_path / "enc" / "config.json").read_text())
     assert enc.base_model.hf_quantizer is not None  # the live model is left as it was
     torch.testing.assert_close(LLMEncoder.from_pretrained(out).encode(texts), ref, rtol=1e-4, atol=1e-4)
+
+
+SEPARATOR = "!@#$%^&*()"  # llm2vec's instruction / text separator
+
+
+def _llm2vec_rows(hf, texts, instruction, template, eos_string, max_length=512):
+    """llm2vec's own path, re-stated: ``_convert_to_str`` (instruction, separator, text), then
+    ``prepare_for_tokenization`` (a chat wrapper or an EOS string around ``text.strip()``, the bare text
+    otherwise), then ``tokenize`` (the separator removed; the pooled span is the last ``len(ids of the part after
+    the separator)`` tokens). Returns ``(ids, pooled ids)`` per text."""
+    prefix, suffix = template.split("{text}")
+    rows = []
+    for text in texts:
+        s = f"{instruction.strip()} {SEPARATOR}{text}" if instruction else f"{SEPARATOR}{text}"
+        if template != "{text}":
+            s = prefix + s.strip() + suffix
+        if eos_string is not None:
+            s = s.strip() + eos_string
+        parts = s.split(SEPARATOR)
+        ids = hf("".join(parts), truncation=True, max_length=max_length)["input_ids"]
+        n = len(hf(parts[1], add_special_tokens=False)["input_ids"])
+        rows.append((ids, ids[len(ids) - n :]))
+    return rows
+
+
+@pytest.mark.parametrize(
+    "template,pooling",
+    [("user: {text}<|endoftext|>", "mean"), ("{text}", "eos"), ("{text}", "mean")],
+    ids=["chat_template", "eos_pooling", "bare"],
+)
+@pytest.mark.parametrize("instruction", ["", "given a caption, retrieve it"])
+def test_rendering_strips_like_llm2vec(llm_dirs, template, pooling, instruction):
+    """Captions with trailing spaces / newlines / tabs tokenize as llm2vec tokenizes them: stripped when a chat
+    template wraps them or under EOS pooling, as given otherwise; same pooled tokens."""
+    captions = [
+        "a cat on a sofa ",
+        "a dog\n",
+        "two birds \t\n ",
+        "  leading kept, trailing cut  ",
+        "a red car",
+        "plain",
+        "   ",
+    ]
+    tok = LLMEncoderSpec(
+        name_or_path=llm_dirs["llama"],
+        template=template,
+        pooling=pooling,
+        instruction_format="{instruction} ",
+    ).tokenizer()
+    batch = tok(captions, instruction)
+    eos = "<|endoftext|>" if pooling == "eos" else None
+    for i, (ids, pooled) in enumerate(_llm2vec_rows(tok.hf, captions, instruction, template, eos)):
+        n = int(batch["attention_mask"][i].sum())
+        assert batch["input_ids"][i, :n].tolist() == ids, repr(captions[i])
+        if pooled:  # an all-space caption has no pooled token in llm2vec (clipforge then pools everything)
+            assert batch["input_ids"][i][batch["embed_mask"][i].bool()].tolist() == pooled, repr(captions[i])

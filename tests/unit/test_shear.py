@@ -67,7 +67,7 @@ def test_bad_unit_is_a_clear_error():
 
 words = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=12)
 captions = st.lists(words, min_size=0, max_size=25).map(" ".join)
-POLICIES = {u: Shear(unit=u, fixed_len=7) for u in ("tokens", "words", "fixed", "first_sentence")}
+POLICIES = {u: Shear(unit=u, fixed_len=7) for u in ("tokens", "words", "fixed")}
 
 
 @settings(max_examples=150, deadline=None)
@@ -78,10 +78,56 @@ def test_properties(raw, ext, unit):
     # idempotent, a word prefix of the input (or the input itself), never longer than the budget (or one word)
     assert policy(raw, out) == out
     ext_words, out_words = ext.split(), out.split()
-    if unit == "first_sentence":
-        ext_words = ext.strip().split(".")[0].split()
     assert out == ext or out_words == ext_words[: len(out_words)]
     counter = policy.counter
-    cost = counter.count if unit in ("tokens", "first_sentence") else (lambda t: len(t.split()))
+    cost = counter.count if unit == "tokens" else (lambda t: len(t.split()))
     budget = {"tokens": max(1, counter.count(raw)), "words": max(1, len(raw.split()))}.get(unit, 7)
     assert cost(out) <= budget or len(out_words) == 1 or out == ext and cost(ext) <= budget
+
+
+def _official_first_sentence(text: str) -> str:
+    # the MLLMs-Augmented scripts' expression (LLaVA/llava.py, Qwen-VL/qwen.py)
+    return text.strip().split(".")[0]
+
+
+def _varied_captions(n: int, seed: int = 0) -> list[str]:
+    """Caption-like strings: leading / trailing whitespace, no period, several periods, ellipses, decimals,
+    newlines and tabs, non-ASCII words, first sentences far longer than 30 tokens."""
+    import random
+
+    rng = random.Random(seed)
+    words = "a cat sits on the red sofa near 3.5 meters café naïve U.S. e.g.".split()
+    seps = [" . ", ". ", ".", "...", " .", ".\n", "\n", "\t", ", "]
+    pads = ["", " ", "  ", "\n", "\t ", " \n "]
+    out = []
+    for _ in range(n):
+        length = rng.choice([1, 3, 8, 20, 45, 80])
+        p_sep = rng.choice([0.0, 0.05, 0.3])  # 0: one sentence without any period
+        pool = words if p_sep else [w for w in words if "." not in w]
+        body = "".join(
+            rng.choice(pool) + (rng.choice(seps) if rng.random() < p_sep else " ") for _ in range(length)
+        )
+        out.append(rng.choice(pads) + body.rstrip(" ") + rng.choice(pads))
+    edge = ["", " ", ".", "...", " . A cat", "A cat .", "no period at all ", "  A dog runs.  It is happy. "]
+    return out + edge
+
+
+def test_legacy_first_sentence_is_exactly_the_official_cut():
+    """``first_sentence`` reproduces ``.strip().split('.')[0]`` character for character: no second strip, no
+    token cap (the scripts' 30 is the captioner's ``max_new_tokens``, applied at generation)."""
+    policy = Shear(unit="first_sentence")
+    texts = _varied_captions(400)
+    assert sum(len(_official_first_sentence(t).split()) > 30 for t in texts) > 20  # long first sentences
+    assert sum(_official_first_sentence(t) != _official_first_sentence(t).strip() for t in texts) >= 15
+    for raw, ext in zip(reversed(texts), texts):
+        assert policy(raw, ext) == _official_first_sentence(ext), repr(ext)
+        assert shear(raw, ext, "first_sentence") == _official_first_sentence(ext), repr(ext)
+
+
+@settings(max_examples=150, deadline=None)
+@given(raw=captions, ext=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60))
+def test_legacy_first_sentence_properties(raw, ext):
+    """Any string: the official expression's output, a prefix of the stripped caption, never longer."""
+    out = Shear(unit="first_sentence")(raw, ext)
+    assert out == _official_first_sentence(ext)
+    assert ext.strip().startswith(out) and len(out) <= len(ext)

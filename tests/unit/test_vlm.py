@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -22,8 +23,12 @@ from clipforge.models.vlm import (
     VisionLanguageModel,
     VLMSpec,
 )
+from clipforge.tasks.enhance.prompt import build_prompt, image_tag
 from tests.helpers.tiny_vlm import (
+    LLM,
+    SIGLIP,
     save_tiny_causal_lm,
+    save_tiny_qwen2_tokenizer,
     save_tiny_siglip,
     tiny_images,
     tiny_spec,
@@ -69,6 +74,230 @@ def vlm(folders):
     torch.manual_seed(0)
     siglip, qwen = folders
     return VisionLanguageModel.build(VLMSpec(SiglipPatchVision(siglip), CausalLMSpec(qwen))).eval()
+
+
+@pytest.fixture(scope="module")
+def qwen_vlm(tmp_path_factory):
+    """A config-only SigLIP + a random Qwen2 with a Qwen2Tokenizer ("\\n\\n" is one token, as in Qwen2's)."""
+    tok_dir = save_tiny_qwen2_tokenizer(tmp_path_factory.mktemp("qwen2_tok"))
+    torch.manual_seed(0)
+    llm = CausalLMSpec(config={"model_type": "qwen2", **LLM}, tokenizer=tok_dir)
+    return VisionLanguageModel.build(VLMSpec(SiglipPatchVision(config=SIGLIP), llm)).eval()
+
+
+NOLOSS_START, NOLOSS_END = "<noloss_start>", "<noloss_end>"
+
+
+def official_prompt_ids(tokenizer, prompt: str, image_tokens: int) -> list[int]:
+    """AITQE's ``MMDataProcessor`` at inference (``is_infra=True``), re-stated step by step from its
+    ``data_processor.py``: every JSON image tag is wrapped in ``<noloss_start>...<noloss_end>``; the newline rule
+    then sees ``<img_end>`` followed by ``<noloss_end>`` and inserts ``"\\n"`` there; the text is split at the
+    no-loss spans, each span is split at its image tag, and every piece is tokenized on its own
+    (``tokenizer(piece).input_ids``); an image becomes ``image_tokens`` positions of id -1."""
+    start, end = "<img_start>", "<img_end>"
+    text = prompt
+    for obj in re.findall(f"{start}(.*?){end}", prompt):
+        json.loads(obj)  # the test prompts hold JSON tags only (others are not wrapped by the official code)
+        text = text.replace(f"{start}{obj}{end}", f"{NOLOSS_START}{start}{obj}{end}{NOLOSS_END}")
+    text = re.sub(f"{re.escape(end)} +", end, text)
+    text = re.sub(f"{re.escape(end)}(?![ \n])", f"{end}\n", text)
+    ids: list[int] = []
+    for part in re.split(f"({NOLOSS_START}.*?{NOLOSS_END})", text, flags=re.DOTALL):
+        if not part:
+            continue
+        if re.match(f"{NOLOSS_START}.*?{NOLOSS_END}", part, flags=re.DOTALL):
+            inner = part.replace(NOLOSS_START, "").replace(NOLOSS_END, "")
+            for piece in re.split(f"({start}.*?{end})", inner):
+                if re.match(f"{start}.*?{end}", piece):
+                    ids += [IMAGE_POSITION] * image_tokens
+                else:
+                    ids += tokenizer(piece).input_ids
+        else:
+            ids += tokenizer(part).input_ids
+    return ids
+
+
+def test_aitqe_prompt_ids_are_the_official_processors(qwen_vlm):
+    """The official processor adds a "\\n" after ``<img_end>`` and tokenizes it apart from the question: the
+    image, then ``"\\n"``, then ``"\\nEvaluate ..."`` (one more token than the image + ``"\\n\\nEvaluate..."``
+    or the image + ``"\\nEvaluate..."``)."""
+    tok, n = qwen_vlm.tokenizer, qwen_vlm.num_image_tokens
+    assert tok("\n").input_ids == tok("\n", add_special_tokens=False).input_ids  # no BOS / EOS added
+    assert len(tok("\n\nEvaluate").input_ids) < len(tok("\n").input_ids + tok("\nEvaluate").input_ids)
+    prompts = [
+        build_prompt("a cat on a sofa"),
+        build_prompt("two dogs.  "),
+        build_prompt("12 cats", image_path="figs/test.png"),
+        f"{image_tag()} Evaluate the caption: a cat",  # a space after the tag
+        f"{image_tag()}Evaluate the caption: a cat",  # nothing between the tag and the text
+        f"Look: {image_tag()}\nEvaluate the caption: a cat",  # text before the tag
+        f"Evaluate the caption: a cat\n{image_tag()}",  # the tag last
+        image_tag(),
+    ]
+    rows = qwen_vlm.build_inputs(prompts)
+    for i, prompt in enumerate(prompts):
+        expected = official_prompt_ids(tok, prompt, n)
+        got = rows["input_ids"][i][rows["attention_mask"][i].bool()].tolist()
+        assert got == expected, prompt
+    question = tok("\nEvaluate the caption: a cat on a sofa").input_ids
+    first = rows["input_ids"][0][rows["attention_mask"][0].bool()].tolist()
+    assert first[: n + 1 + len(question)] == [IMAGE_POSITION] * n + tok("\n").input_ids + question
+
+
+# the pre-tokenizer patterns of transformers 4.x's slow byte-level BPE classes (tokenization_gpt2.py, _qwen2.py)
+SLOW_PATTERNS = {
+    "GPT2Tokenizer": r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+    "Qwen2Tokenizer": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+}
+
+
+def _byte_symbols() -> dict[int, str]:
+    """GPT-2's byte -> printable character table: printable Latin-1 bytes map to themselves, the others to
+    256, 257, ... in byte order."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def slow_bpe_ids(folder: str, text: str) -> list[int]:
+    """What a transformers-4.x slow byte-level BPE tokenizer (``use_fast=False``) reads and computes, re-stated:
+    ``tokenizer_class`` from ``tokenizer_config.json``, the vocabulary from ``vocab.json``, merge ranks from
+    ``merges.txt`` and added tokens from ``added_tokens_decoder``. Added tokens split the text first; each
+    remaining piece is NFC-normalised (Qwen2), cut by the class's pattern, mapped to byte symbols and merged by
+    rank."""
+    import unicodedata
+
+    import regex
+
+    with open(os.path.join(folder, "tokenizer_config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    cls = config["tokenizer_class"]
+    with open(os.path.join(folder, "vocab.json"), encoding="utf-8") as f:
+        vocab = json.load(f)
+    with open(os.path.join(folder, "merges.txt"), encoding="utf-8") as f:
+        lines = [line.rstrip("\n") for line in f]
+    merges = [
+        tuple(line.split()) for i, line in enumerate(lines) if line and not (i == 0 and line.startswith("#"))
+    ]
+    ranks = {pair: r for r, pair in enumerate(merges)}
+    added = {t["content"]: int(i) for i, t in config.get("added_tokens_decoder", {}).items()}
+    symbols = _byte_symbols()
+    pattern = regex.compile(SLOW_PATTERNS[cls])
+
+    def bpe(word: list[str]) -> list[str]:
+        while len(word) > 1:
+            pairs = [(ranks.get((a, b), float("inf")), i) for i, (a, b) in enumerate(zip(word, word[1:]))]
+            rank, i = min(pairs)
+            if rank == float("inf"):
+                break
+            word = word[:i] + [word[i] + word[i + 1]] + word[i + 2 :]
+        return word
+
+    ids: list[int] = []
+    split = (
+        "(" + "|".join(regex.escape(t) for t in sorted(added, key=len, reverse=True)) + ")" if added else None
+    )
+    for piece in regex.split(split, text) if split else [text]:
+        if piece in added:
+            ids.append(added[piece])
+            continue
+        if cls == "Qwen2Tokenizer":
+            piece = unicodedata.normalize("NFC", piece)
+        for chunk in pattern.findall(piece):
+            ids += [vocab[t] for t in bpe([symbols[b] for b in chunk.encode("utf-8")])]
+    return ids
+
+
+TOKENIZER_SAMPLES = [
+    build_prompt("a cat on a sofa"),
+    "\n\nEvaluate  the image: 12 cats, 3 dogs.\tDone!",
+    "naïve café — déjà vu, e\u0301 composed",
+    "<|im_start|>user\nhi<|im_end|><|endoftext|>",
+    "  leading and trailing  ",
+]
+
+
+@pytest.mark.parametrize("which", ["qwen2_tokenizer", "byte_level"])
+def test_saved_folder_loads_with_the_official_slow_tokenizer_call(which, qwen_vlm, tmp_path):
+    """The official inference loads ``AutoTokenizer.from_pretrained(path, use_fast=False)`` (transformers 4.41):
+    a slow byte-level BPE needs ``vocab.json``, ``merges.txt``, the added tokens and a class it knows. A saved
+    folder gives the fast tokenizer's ids through that route (re-stated in :func:`slow_bpe_ids`), and still
+    reloads unchanged here."""
+    from transformers import AutoTokenizer
+
+    vlm = qwen_vlm if which == "qwen2_tokenizer" else VisionLanguageModel.build(tiny_spec()).eval()
+    out = vlm.save_pretrained(str(tmp_path / "aitqe"))
+    with open(os.path.join(out, "tokenizer_config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    assert config["tokenizer_class"] == ("Qwen2Tokenizer" if which == "qwen2_tokenizer" else "GPT2Tokenizer")
+    for text in TOKENIZER_SAMPLES:
+        fast = vlm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert slow_bpe_ids(out, text) == fast, text
+    again = AutoTokenizer.from_pretrained(out, use_fast=False)
+    for text in TOKENIZER_SAMPLES:
+        assert again(text)["input_ids"] == vlm.tokenizer(text)["input_ids"], text
+    assert (again.pad_token_id, again.eos_token_id) == (
+        vlm.tokenizer.pad_token_id,
+        vlm.tokenizer.eos_token_id,
+    )
+
+
+def official_image_features(siglip: torch.nn.Module, pixels: torch.Tensor, name: str) -> torch.Tensor:
+    """modeling_mm.py ``_merge_input_ids_with_image_features``: the penultimate hidden states, without patch 0
+    unless ``vision_model_name_or_path`` contains "siglip"."""
+    feats = siglip(pixels, output_hidden_states=True).hidden_states[-2]
+    return feats if "siglip" in name.lower() else feats[:, 1:]
+
+
+@pytest.mark.parametrize("tower", ["config_only", "folder_not_named_siglip"])
+def test_vision_model_name_or_path_keeps_the_official_behaviour(tower, folders, tmp_path):
+    """``vision_model_name_or_path`` is what the official model builds its SigLIP config and image processor from,
+    and it drops patch 0 unless the name contains "siglip": a saved folder names a SigLIP folder that holds both
+    (its own ``siglip_vision/`` when the tower has no such name) and every patch is kept; it still loads here,
+    also after the folder is moved."""
+    import shutil
+
+    from transformers import SiglipImageProcessor, SiglipVisionConfig
+
+    if tower == "config_only":
+        vision = SiglipPatchVision(config=SIGLIP, mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4))
+    else:
+        vision = SiglipPatchVision(str(shutil.copytree(folders[0], tmp_path / "tower")))
+    torch.manual_seed(0)
+    vlm = VisionLanguageModel.build(VLMSpec(vision, CausalLMSpec(folders[1]))).eval()
+    out = vlm.save_pretrained(str(tmp_path / "aitqe"))
+    config = json.loads((tmp_path / "aitqe" / "config.json").read_text())
+    name = config["vision_model_name_or_path"]
+    assert "siglip" in name.lower()
+    official = SiglipVisionConfig.from_pretrained(name)
+    for key in ("hidden_size", "image_size", "patch_size", "num_hidden_layers", "num_attention_heads"):
+        assert getattr(official, key) == getattr(vision.vision_config(), key), key
+    proc = SiglipImageProcessor.from_pretrained(name)
+    images = tiny_images(2)
+    torch.testing.assert_close(
+        proc(images, return_tensors="pt")["pixel_values"], vlm.pixel_values(images), atol=2e-2, rtol=0
+    )
+    with torch.no_grad():
+        feats = official_image_features(vlm.vision_model.vision_model, vlm.pixel_values(images), name)
+    assert feats.shape[1] == config["image_tile_tokens"] == 16
+    inputs = vlm.build_inputs(PROMPTS, ANSWERS)
+    pixels = vlm.pixel_values(tiny_images(3))
+    with torch.no_grad():
+        expected = vlm(pixels, inputs["input_ids"], inputs["attention_mask"])
+        moved = shutil.move(out, tmp_path / "moved")
+        again = VisionLanguageModel.from_pretrained(str(moved)).eval()
+        torch.testing.assert_close(again(pixels, inputs["input_ids"], inputs["attention_mask"]), expected)
+    resaved = again.save_pretrained(str(tmp_path / "resaved"))
+    name2 = json.loads((tmp_path / "resaved" / "config.json").read_text())["vision_model_name_or_path"]
+    assert "siglip" in name2.lower() and SiglipVisionConfig.from_pretrained(name2).hidden_size == 32
+    if tower == "config_only":
+        assert name2.startswith(os.path.abspath(resaved))  # the new folder's own copy, not the moved one's
 
 
 def test_projector_is_linear_gelu_linear_without_bias():
@@ -122,12 +351,14 @@ def test_released_aitqe_folder_matches_the_official_forward(folders, tmp_path):
     ).eval()
     assert model.num_image_tokens == 16 and model.eos_token_id == ref["tokenizer"].eos_token_id
     tok = ref["tokenizer"]
-    # the official prompt: image first, then "\n" + question, tokenized part by part without special tokens
-    text = tok("\nEvaluate the caption: a cat", add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([[IMAGE_POSITION] * 16 + text])
+    # the official prompt: image, the "\n" its processor adds after <img_end>, then "\n" + question, each piece
+    # tokenized on its own (official_prompt_ids)
+    prompt = '<img_start>{"path": "x.png", "source": "localpath", "file_type": "I"}<img_end>\nEvaluate the caption: a cat'
+    expected_ids = official_prompt_ids(tok, prompt, 16)
+    assert expected_ids[16:] == tok("\n").input_ids + tok("\nEvaluate the caption: a cat").input_ids
+    ids = torch.tensor([expected_ids])
     mask = torch.ones_like(ids)
     pixels = torch.randn(1, 3, 32, 32)
-    prompt = '<img_start>{"path": "x.png", "source": "localpath", "file_type": "I"}<img_end>\nEvaluate the caption: a cat'
     assert torch.equal(model.build_inputs([prompt])["input_ids"], ids)
     with torch.no_grad():
         embeds = ref["llm"].model.embed_tokens(ids.clamp(min=0))

@@ -8,13 +8,17 @@ Units (``unit``):
 - ``tokens``: the raw caption's token count in the training text tokenizer (CLIP BPE by default);
 - ``words``: the raw caption's whitespace word count;
 - ``fixed``: ``fixed_len`` words, whatever the raw caption;
-- ``first_sentence``: the official scripts' legacy rule: the first sentence (cut at the first ``.``), at most
-  ``fixed_len`` tokens (their ``max_new_tokens=30``);
+- ``first_sentence``: the official scripts' legacy rule, ``ext.strip().split(".")[0]`` character for character
+  (:func:`~clipforge.models.captioners.base.first_sentence`); no token budget: the scripts' 30 is the captioner's
+  ``max_new_tokens`` at generation (its own tokenizer), not a cut;
 - ``none``: unchanged.
 
-Cuts fall on word boundaries; an extended caption already within the budget is returned unchanged, so shearing is
-idempotent and never lengthens a caption. A caption is never cut to nothing: when even its first word is over the
-budget, that word is kept. The raw caption itself is never sheared.
+``tokens`` / ``words`` / ``fixed`` cuts fall on word boundaries; an extended caption already within the budget is
+returned unchanged, so shearing is idempotent and never lengthens a caption. A caption is never cut to nothing:
+when even its first word is over the budget, that word is kept. ``first_sentence`` keeps the official
+expression's quirks instead: whitespace before the first ``.`` stays (so a second application can strip it), a
+``.`` inside a word cuts there (``"3.5 m"`` -> ``"3"``) and a caption that starts with ``.`` becomes ``""``. The raw
+caption itself is never sheared.
 """
 
 from __future__ import annotations
@@ -111,7 +115,7 @@ class Shear:
 
     Args:
         unit: one of :data:`UNITS`.
-        fixed_len: the length of ``fixed`` (words) and ``first_sentence`` (tokens).
+        fixed_len: the length of ``fixed`` (words).
         min_len: smallest budget, in the unit (a one-word raw caption still allows ``min_len`` units).
         tokenizer: ``clip_bpe`` (open_clip's, the CLIP text tokenizer), ``model`` (the training model's tokenizer,
             set by the datamodule through :meth:`bind`), or an HF tokenizer id / folder.
@@ -165,9 +169,9 @@ class Shear:
             return _cut(ext, max(self.min_len, len(raw.split())), lambda w, i: 1)
         if unit == "fixed":
             return _cut(ext, self.fixed_len, lambda w, i: 1)
-        counter = self.counter
         if unit == "first_sentence":
-            return _cut(first_sentence(ext), self.fixed_len, lambda w, i: counter.word(w, i == 0))
+            return first_sentence(ext)
+        counter = self.counter
         return _cut(ext, max(self.min_len, counter.count(raw)), lambda w, i: counter.word(w, i == 0))
 
 

@@ -7,7 +7,9 @@
   ``sdpa`` and ``flash_attention_2`` alike.
 * **Instructions and the pooled span**: a text is rendered as ``template.format(text=<instruction part> + text)``
   where the instruction part is ``instruction_format.format(instruction=...)`` (LLM2CLIP's
-  ``"{instruction}; "``) or empty. Pooling covers the tokens from the start of the caption to the end of the
+  ``"{instruction}; "``) or empty. With a chat template or ``eos`` pooling the caption's trailing whitespace is
+  removed (and the instruction part's leading whitespace), as llm2vec's ``prepare_for_tokenization`` strips its
+  text in exactly those cases; a bare ``{text}`` template with mean pooling keeps the text as given. Pooling covers the tokens from the start of the caption to the end of the
   rendered string (a chat template's closing token included, tokenizer-added BOS excluded) — LLM2Vec's
   ``skip_instruction`` span, found here from character offsets instead of a separator string.
 * **Pooling**: ``mean`` and ``weighted_mean`` (weights 1..n along the span) over that span, or ``eos`` (the
@@ -204,10 +206,25 @@ class LLMTokenizer:
         """The wrapped ``transformers`` tokenizer."""
         return self._tok
 
+    @property
+    def strips(self) -> bool:
+        """Whether :meth:`render` strips: with a chat template around the text or EOS pooling, the cases where
+        llm2vec's ``prepare_for_tokenization`` applies ``text.strip()``; a bare ``{text}`` template with mean
+        pooling passes the text as given, as llm2vec does."""
+        return self.template != "{text}" or self.append_eos
+
     def render(self, text: str, instruction: str = "") -> tuple[str, int]:
-        """The string fed to the model and the character offset where the caption starts."""
+        """The string fed to the model and the character offset where the caption starts.
+
+        When :attr:`strips`, the instruction part + caption is stripped as llm2vec strips its
+        ``"{instruction part}{separator}{caption}"`` string: trailing whitespace of the caption goes, and leading
+        whitespace of the instruction part (a caption's own leading whitespace stays, behind the separator).
+        """
         prefix, suffix = self.template.split("{text}")
-        head = prefix + (self.instruction_format.format(instruction=instruction) if instruction else "")
+        head = self.instruction_format.format(instruction=instruction) if instruction else ""
+        if self.strips:
+            head, text = head.lstrip(), text.rstrip()
+        head = prefix + head
         return head + text + suffix, len(head)
 
     def __call__(

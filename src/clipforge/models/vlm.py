@@ -5,8 +5,11 @@ penultimate layer, every one of the 27 x 27 = 729 patch tokens of so400m-patch14
 ``Linear -> GELU -> Linear(bias=False)`` into the LLM's embedding width. A prompt's image placeholder is expanded
 to that many positions (id :data:`IMAGE_POSITION`), whose token embeddings are replaced by the projected features
 in order; the causal LM (Qwen2 in the paper, any ``AutoModelForCausalLM`` here) does the rest. One image per
-prompt; a prompt without a placeholder gets its image first, as in AITQE's ``<img_start>...<img_end>\\n`` prompts
-(which are recognised as placeholders too).
+prompt; a prompt without a placeholder gets its image first. AITQE's ``<img_start>{json}<img_end>`` tags are
+placeholders too, tokenized as the official processor does (``data_processor.py``): it wraps the tag in
+``<noloss_start>...<noloss_end>``, so its newline rule inserts ``"\\n"`` right after ``<img_end>``, and every piece is
+tokenized on its own: ``[image, "\\n", "\\nEvaluate the caption: ..."]`` for the official prompt (one token more than
+the image followed by the prompt's own text).
 
 Folder layout, the one of the released ``HymanH/AITQE`` checkpoint (:meth:`VisionLanguageModel.save_pretrained`,
 :meth:`VisionLanguageModel.from_pretrained`):
@@ -16,11 +19,17 @@ Folder layout, the one of the released ``HymanH/AITQE`` checkpoint (:meth:`Visio
   ``image_tile_tokens``, ``pesudo_img_size``, ``pesudo_patch_size`` (sic), ``visual_hidden_dim``,
   ``pooling_kernel``, ``image_token_index``, ``pad_token_index``, ``eos_token_index``, ``IGNORE_INDEX``. Ours add
   ``text_model_type`` (absent = ``qwen2``), ``vision_tower`` (the tower's own config, so a folder is self-contained;
-  absent = a SigLIP read from ``vision_model_name_or_path``) and ``image_placeholder``.
+  absent = a SigLIP read from ``vision_model_name_or_path``) and ``image_placeholder``. ``vision_model_name_or_path``
+  is written for the official code, which builds its SigLIP from it and keeps patch 0 only when the name contains
+  "siglip": a tower's own name when it says "siglip", else the absolute path of ``siglip_vision/`` (see
+  :meth:`VisionLanguageModel.official_vision_name`).
+* ``siglip_vision/`` (SigLIP towers not named "siglip"): the tower's ``config.json`` and
+  ``preprocessor_config.json``, no weights.
 * ``model.safetensors`` (or shards + index): ``model.*`` (the causal LM), ``vision_model.vision_model.*`` (SigLIP)
   or ``vision_model.model.*`` (timm), ``mm_projector.{0,2}.*`` and ``image_newline`` (present in the official
   model, unused by its forward pass and by ours).
-* the tokenizer files.
+* the tokenizer files, with ``vocab.json`` / ``merges.txt`` for the official ``use_fast=False`` load
+  (:func:`save_tokenizer`).
 """
 
 from __future__ import annotations
@@ -53,6 +62,8 @@ __all__ = [
     "VLMSpec",
     "VisionLanguageModel",
     "byte_level_tokenizer",
+    "folder_vision",
+    "save_tokenizer",
 ]
 
 IGNORE_INDEX = -100
@@ -61,6 +72,9 @@ IMAGE_POSITION = -1
 """Token id of the expanded image positions (the official code's marker); never looked up in the embedding."""
 IMAGE_TOKEN_INDEX = -200
 """``image_token_index`` written to ``config.json``: the id of an unexpanded image (LLaVA's convention)."""
+SIGLIP_FOLDER = "siglip_vision"
+"""Sub-folder of a saved model holding its SigLIP config and image processor for the official code (see
+:meth:`VisionLanguageModel.official_vision_name`)."""
 AITQE_IMAGE = r"<img_start>.*?<img_end>"
 """AITQE's image reference in prompts (``<img_start>{json}<img_end>``), treated as a placeholder."""
 
@@ -277,6 +291,21 @@ class SiglipPatchVision(PatchVision):
     def image_transform(self, train: bool) -> Callable:
         return SquareImageTransform(self.image_size, *self._normalisation())
 
+    def save_official(self, path: str) -> str:
+        """Write the folder the official AITQE model reads its tower from (``SiglipVisionConfig`` and
+        ``SiglipImageProcessor.from_pretrained(vision_model_name_or_path)``): ``config.json`` and a
+        ``preprocessor_config.json`` with this tower's size and normalisation (plus the ``crop_size`` the official
+        data processor reads). No weights: they live in the model's own safetensors. Returns ``path``."""
+        from transformers import SiglipImageProcessor
+
+        mean, std = self._normalisation()
+        side = {"height": self.image_size, "width": self.image_size}
+        self.vision_config().save_pretrained(path)
+        SiglipImageProcessor(
+            size=side, crop_size=side, image_mean=list(mean), image_std=list(std)
+        ).save_pretrained(path)
+        return path
+
     def to_config(self) -> dict:
         mean, std = self._normalisation()
         return {
@@ -441,6 +470,16 @@ def patch_vision_from_config(tower: dict | None, name_or_path: str | None) -> Pa
     if tower["type"] == "siglip" and name_or_path:
         args["name_or_path"] = name_or_path
     return kinds[tower["type"]](**args)
+
+
+def folder_vision(config: dict, vision_model_name_or_path: str | None = None) -> PatchVision:
+    """The tower spec of a saved folder's ``config.json``: its ``vision_tower`` entry (clipforge folders, whose
+    ``vision_model_name_or_path`` is only the official code's entry, see
+    :meth:`VisionLanguageModel.official_vision_name`), else the SigLIP that ``vision_model_name_or_path`` names
+    (released folders). ``vision_model_name_or_path`` given here overrides the SigLIP's path in both cases."""
+    tower = config.get("vision_tower")
+    name = vision_model_name_or_path or (None if tower else config.get("vision_model_name_or_path"))
+    return patch_vision_from_config(tower, name)
 
 
 # -- language model ---------------------------------------------------------------------------------------------------
@@ -623,7 +662,9 @@ class VisionLanguageModel(nn.Module):
         if tokenizer.pad_token_id is None or self.eos_token_id is None:
             raise ValueError("the tokenizer needs a pad token and an EOS token")
         self.num_image_tokens = vision.num_tokens
-        self._placeholder = re.compile(f"{re.escape(image_placeholder)}|{AITQE_IMAGE}", re.DOTALL)
+        self._placeholder = re.compile(
+            f"(?P<plain>{re.escape(image_placeholder)})|(?P<aitqe>{AITQE_IMAGE})", re.DOTALL
+        )
 
     # -- construction ----------------------------------------------------------------------------------------------
     @classmethod
@@ -682,9 +723,7 @@ class VisionLanguageModel(nn.Module):
             fields = json.load(f)
         mm = {k: fields.pop(k) for k in _MM_KEYS if k in fields}
         _check_mm_config(mm)
-        vision = patch_vision_from_config(
-            mm.get("vision_tower"), vision_model_name_or_path or mm.get("vision_model_name_or_path")
-        )
+        vision = folder_vision(mm, vision_model_name_or_path)
         if vision.num_tokens != mm.get("image_tile_tokens", vision.num_tokens):
             raise ValueError(
                 f"{path}: image_tile_tokens={mm['image_tile_tokens']} but {vision!r} gives {vision.num_tokens}"
@@ -714,8 +753,26 @@ class VisionLanguageModel(nn.Module):
         load_weights(vlm, path)
         return vlm
 
-    def config_dict(self) -> dict:
-        """The ``config.json`` of :meth:`save_pretrained`."""
+    def official_vision_name(self, path: str | None = None) -> str:
+        """``vision_model_name_or_path`` of a folder saved at ``path``.
+
+        The official model builds its SigLIP config and image processor from this name and drops patch 0 of the
+        tower's output unless the name contains "siglip" (``modeling_mm.py``). A SigLIP tower whose name says
+        "siglip" (a hub id such as ``google/siglip-so400m-patch14-384``, a folder named so) keeps its name;
+        any other SigLIP tower (config-only, or a folder named otherwise) gets the absolute path of the saved
+        folder's own :data:`SIGLIP_FOLDER` (written by :meth:`save_pretrained`), so the official code keeps
+        every patch, as this class does. Non-SigLIP towers (``timm:<name>``), which the official code cannot
+        build, keep their name. The entry is for the official code only: :meth:`from_pretrained` rebuilds the
+        tower from ``vision_tower``.
+        """
+        name = self.vision.name_or_path or ""
+        if not isinstance(self.vision, SiglipPatchVision) or "siglip" in name.lower() or path is None:
+            return name
+        return os.path.abspath(os.path.join(path, SIGLIP_FOLDER))
+
+    def config_dict(self, path: str | None = None) -> dict:
+        """The ``config.json`` of :meth:`save_pretrained` (``path``: where it is saved, see
+        :meth:`official_vision_name`)."""
         llm = self.model.config.to_dict()
         for k in ("architectures", "model_type", "_name_or_path", "transformers_version", "auto_map"):
             llm.pop(k, None)
@@ -725,7 +782,7 @@ class VisionLanguageModel(nn.Module):
             "model_type": "mm",
             **llm,
             "language_model_name_or_path": self.language_model_name_or_path,
-            "vision_model_name_or_path": vision.name_or_path or "",
+            "vision_model_name_or_path": self.official_vision_name(path),
             "mm_projector_type": "mlp",
             "image_aspect_ratio": "square",
             "image_token_index": IMAGE_TOKEN_INDEX,
@@ -743,8 +800,9 @@ class VisionLanguageModel(nn.Module):
         }
 
     def save_pretrained(self, path: str, max_shard_size: str = "5GB") -> str:
-        """Write the folder (``config.json``, safetensors weights with LoRA adapters merged, tokenizer); returns
-        ``path``. The live model is not changed."""
+        """Write the folder (``config.json``, safetensors weights with LoRA adapters merged, tokenizer and, for a
+        SigLIP tower not named "siglip", :data:`SIGLIP_FOLDER`); returns ``path``. The live model is not
+        changed."""
         from huggingface_hub import save_torch_state_dict
 
         os.makedirs(path, exist_ok=True)
@@ -755,9 +813,13 @@ class VisionLanguageModel(nn.Module):
                 seen.add(ident)
                 state[key] = value
         save_torch_state_dict(state, path, max_shard_size=max_shard_size)
+        config = self.config_dict(path)
+        own_siglip = os.path.abspath(os.path.join(path, SIGLIP_FOLDER))
+        if config["vision_model_name_or_path"] == own_siglip:
+            self.vision.save_official(own_siglip)
         with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(self.config_dict(), f, indent=2)
-        self.tokenizer.save_pretrained(path)
+            json.dump(config, f, indent=2)
+        save_tokenizer(self.tokenizer, path)
         return path
 
     @torch.no_grad()
@@ -791,11 +853,17 @@ class VisionLanguageModel(nn.Module):
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
     def _prompt_ids(self, prompt: str) -> list[int]:
-        parts = self._placeholder.split(prompt)
-        if len(parts) > 2:
-            raise ValueError(f"one image per prompt: {len(parts) - 1} placeholders in {prompt!r}")
-        before, after = parts if len(parts) == 2 else ("", parts[0])
-        return self._tokens(before) + [IMAGE_POSITION] * self.num_image_tokens + self._tokens(after)
+        found = list(self._placeholder.finditer(prompt))
+        if len(found) > 1:
+            raise ValueError(f"one image per prompt: {len(found)} placeholders in {prompt!r}")
+        image = [IMAGE_POSITION] * self.num_image_tokens
+        if not found:
+            return image + self._tokens(prompt)
+        tag = found[0]
+        # AITQE's processor wraps the tag in <noloss_start>...<noloss_end>, so its newline rule adds "\n" right
+        # after <img_end> inside that span, and the pieces are tokenized one by one: image, "\n", the text after
+        newline = self._tokens("\n") if tag.lastgroup == "aitqe" else []
+        return self._tokens(prompt[: tag.start()]) + image + newline + self._tokens(prompt[tag.end() :])
 
     def build_inputs(
         self,
@@ -806,7 +874,8 @@ class VisionLanguageModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Token ids with expanded image positions, attention mask and (with ``answers``) labels.
 
-        A prompt is tokenized around its placeholder without special tokens added (AITQE: no BOS/EOS); an answer
+        A prompt is tokenized around its placeholder without special tokens added (AITQE: no BOS/EOS), with the
+        ``"\\n"`` the official processor adds after an AITQE ``<img_end>`` (see the module docstring); an answer
         is tokenized on its own and followed by the EOS token. Labels are the answer tokens and the EOS,
         :data:`IGNORE_INDEX` elsewhere.
 
@@ -957,6 +1026,73 @@ class VisionLanguageModel(nn.Module):
         out = self.generate(**inputs, max_new_tokens=max_new_tokens, **kwargs)
         new = out[:, inputs["input_ids"].shape[1] :]
         return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def _byte_level_bpe_class(backend_state: dict) -> str | None:
+    """The transformers-4.x slow class that tokenizes like this ``tokenizers`` byte-level BPE, if any:
+    ``GPT2Tokenizer`` (a bare ``ByteLevel`` pre-tokenizer with GPT-2's pattern, no normalizer) or
+    ``Qwen2Tokenizer`` (NFC, Qwen2's split pattern, then ``ByteLevel`` without its own pattern)."""
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    pre, norm = backend_state.get("pre_tokenizer") or {}, backend_state.get("normalizer")
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space"):
+        return "GPT2Tokenizer" if norm is None else None
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
+    if (
+        len(steps) == 2
+        and steps[0].get("type") == "Split"
+        and steps[0].get("pattern", {}).get("Regex") == PRETOKENIZE_REGEX
+        and steps[1].get("type") == "ByteLevel"
+        and not steps[1].get("use_regex", True)
+        and (norm or {}).get("type") == "NFC"
+    ):
+        return "Qwen2Tokenizer"
+    return None
+
+
+def save_tokenizer(tokenizer, path: str) -> None:
+    """``tokenizer.save_pretrained(path)``, plus what transformers 4.x's slow loader needs for a byte-level BPE
+    (the official AITQE inference calls ``AutoTokenizer.from_pretrained(path, use_fast=False)`` under
+    transformers 4.41): ``vocab.json`` and ``merges.txt``, the added tokens as ``added_tokens_decoder`` (so their
+    ids do not depend on the order a loader adds them in), ``additional_special_tokens`` and a
+    ``tokenizer_class`` 4.x knows — v5's generic ``TokenizersBackend`` becomes the slow class that tokenizes
+    alike (:func:`_byte_level_bpe_class`). Other tokenizers are saved as they are.
+    """
+    tokenizer.save_pretrained(path)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    state = json.loads(backend.to_str()) if backend is not None else {}
+    if state.get("model", {}).get("type") != "BPE":
+        return
+    slow = _byte_level_bpe_class(state)
+    if slow is None:
+        return
+    backend.model.save(
+        path
+    )  # vocab.json, merges.txt (the model's own vocabulary; added tokens are listed below)
+    config_file = os.path.join(path, "tokenizer_config.json")
+    with open(config_file, encoding="utf-8") as f:
+        config = json.load(f)
+    config.setdefault(
+        "added_tokens_decoder",
+        {
+            str(i): {
+                "content": t.content,
+                "lstrip": t.lstrip,
+                "normalized": t.normalized,
+                "rstrip": t.rstrip,
+                "single_word": t.single_word,
+                "special": t.special,
+            }
+            for i, t in sorted(tokenizer.added_tokens_decoder.items())
+        },
+    )
+    extra = config.get("extra_special_tokens")
+    if isinstance(extra, list) and extra:
+        config.setdefault("additional_special_tokens", list(extra))
+    if config.get("tokenizer_class") in (None, "TokenizersBackend", "PreTrainedTokenizerFast"):
+        config["tokenizer_class"] = slow
+    with open(config_file, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, ensure_ascii=False)
 
 
 def _check_mm_config(mm: dict) -> None:

@@ -54,5 +54,7 @@ class Captioner(Protocol):
 
 
 def first_sentence(text: str) -> str:
-    """The official scripts' cut: everything before the first ``.``, stripped (``"A cat. It"`` -> ``"A cat"``)."""
-    return text.strip().split(".")[0].strip()
+    """The official scripts' cut, ``text.strip().split(".")[0]`` exactly: everything before the first ``.`` of the
+    stripped text (``" A cat. It"`` -> ``"A cat"``). Whitespace before that ``.`` is kept (``"A cat ."`` ->
+    ``"A cat "``) and a text that starts with ``.`` gives ``""``, as in the released captions."""
+    return text.strip().split(".")[0]

@@ -13,13 +13,19 @@ and the released Hugging Face repositories:
     ``logit_scale``. The trunk goes to timm's ``Eva`` (``eva02_*_clip_*``) through timm's own EVA-CLIP
     ``checkpoint_filter_fn``.
 ``hf_clip`` — the Hugging Face "OpenAI" releases (``LLM2CLIP-Openai-B-16`` / ``-L-14-224`` / ``-L-14-336``,
-    ``trust_remote_code`` CLIP): ``vision_model.*`` a ``CLIPVisionTransformer`` (``embeddings.{class_embedding,
-    patch_embedding,position_embedding}``, ``pre_layrnorm``, ``encoder.layers.{i}.{self_attn.{q,k,v,out}_proj,
-    layer_norm1,mlp.fc1,mlp.fc2,layer_norm2}``, ``post_layernorm``), ``visual_projection`` (``Linear(width ->
-    1280)``, no bias), ``text_adapter.adaptor.*`` (the same ``TextProj`` layout; index 5 is the final Linear) and
-    ``logit_scale``; any CLIP text tower the file also holds is ignored. The trunk goes to timm's CLIP ViT with
-    QuickGELU (``vit_*_clip_quickgelu_*``): ``q/k/v`` are concatenated into ``qkv``, ``post_layernorm`` (applied to
-    the class token) becomes timm's final ``norm`` (applied to every token, then the class token is pooled).
+    ``trust_remote_code`` CLIP): a folder with ``config.json`` (a CLIP config whose ``auto_map`` names the folder's
+    own modelling files), those files and the weights. ``vision_model.*`` a ``CLIPVisionTransformer``
+    (``embeddings.{class_embedding,patch_embedding,position_embedding}``, ``pre_layrnorm``,
+    ``encoder.layers.{i}.{self_attn.{q,k,v,out}_proj,layer_norm1,mlp.fc1,mlp.fc2,layer_norm2}``,
+    ``post_layernorm``), ``visual_projection`` (``Linear(width -> 1280)``, no bias; ``get_image_features``),
+    ``text_adapter.adaptor.*`` (the same ``TextProj`` layout, index 5 the final Linear; ``get_text_features``, which
+    L2-normalises its input first) and ``logit_scale``; any CLIP text tower the file also holds is ignored. The
+    folder's ``vision_config`` gives the attention heads (and must agree with the tensors: width, image and patch
+    size, ``quick_gelu``, LayerNorm eps 1e-5). The trunk goes to timm's CLIP ViT with QuickGELU
+    (``vit_*_clip_quickgelu_*``): ``q/k/v`` are concatenated into ``qkv``, ``post_layernorm`` (applied to the class
+    token) becomes timm's final ``norm`` (applied to every token, then the class token is pooled). These names are
+    those of transformers' CLIP plus the adapter, as code using the released folders addresses them
+    (``model.text_adapter.adaptor[5]``, ``model.vision_model.post_layernorm``, ``model.visual_projection``).
 
 Output: the module's state dict (``vision_tower.model.*``, ``vision_head.0.*``, ``adapter.*``,
 ``loss.logit_scale``) plus the constructor arguments that rebuild the same shapes (timm architecture and its
@@ -156,11 +162,17 @@ def detect_layout(state: Mapping[str, Tensor]) -> str:
     """``eva_clip`` (``visual.*`` EVA trunk + ``text.text_adaptor``) or ``hf_clip`` (``vision_model.*``).
 
     Raises:
-        ValueError: neither layout.
+        ValueError: neither layout, or Hugging Face vision names without CLIP's ``pre_layrnorm`` (an EVA-CLIP
+            tower converted to Hugging Face names, which this converter does not map).
     """
     if "visual.pos_embed" in state and any(k.startswith("visual.blocks.") for k in state):
         return "eva_clip"
     if "vision_model.embeddings.class_embedding" in state:
+        if "vision_model.pre_layrnorm.weight" not in state:
+            raise ValueError(
+                "Hugging Face vision_model.* tensors without CLIP's vision_model.pre_layrnorm: not an OpenAI-CLIP "
+                "LLM2CLIP release (an EVA-CLIP tower in Hugging Face names?); convert the EVA-CLIP .pt checkpoint"
+            )
         return "hf_clip"
     raise ValueError(
         "not a released LLM2CLIP vision checkpoint: expected EVA-CLIP keys (visual.pos_embed, visual.blocks.*) "
@@ -304,12 +316,46 @@ def _hf_vision_to_timm(state: Mapping[str, Tensor], depth: int) -> dict[str, Ten
     return out
 
 
-def convert_hf_clip(state: Mapping[str, Tensor], head_width: int = 64) -> ConvertedLLM2CLIP:
+def _check_vision_config(vision_config: Mapping, width: int, patch: int, image_size: int) -> int:
+    """The attention head width a Hugging Face ``vision_config`` gives, after checking it against the tensors.
+
+    Raises:
+        ValueError: the config disagrees with the tensors or describes what the timm CLIP ViT does not compute.
+    """
+    checks = {"hidden_size": width, "patch_size": patch, "image_size": image_size}
+    for key, found in checks.items():
+        if key in vision_config and int(vision_config[key]) != found:
+            raise ValueError(
+                f"config.json vision_config.{key}={vision_config[key]} but the weights have {found}"
+            )
+    act = vision_config.get("hidden_act", "quick_gelu")
+    if act != "quick_gelu":
+        raise ValueError(
+            f"config.json vision_config.hidden_act={act!r}: only OpenAI CLIP's quick_gelu is mapped"
+        )
+    eps = float(vision_config.get("layer_norm_eps", 1e-5))
+    if not math.isclose(eps, 1e-5):
+        raise ValueError(f"config.json vision_config.layer_norm_eps={eps}: the timm CLIP ViT uses 1e-5")
+    heads = int(vision_config.get("num_attention_heads", width // 64))
+    if heads < 1 or width % heads:
+        raise ValueError(
+            f"config.json vision_config.num_attention_heads={heads} does not divide the width {width}"
+        )
+    return width // heads
+
+
+def convert_hf_clip(
+    state: Mapping[str, Tensor], head_width: int | None = None, vision_config: Mapping | None = None
+) -> ConvertedLLM2CLIP:
     """Convert an ``hf_clip`` layout state dict (see the module docstring).
 
     Args:
         state: the checkpoint's tensors.
-        head_width: attention head width (64 in every OpenAI CLIP ViT).
+        head_width: attention head width; ``None``: from ``vision_config``, else 64 (every OpenAI CLIP ViT).
+        vision_config: the folder's ``config.json`` ``vision_config`` (checked against the tensors).
+
+    Raises:
+        ValueError: ``vision_config`` disagrees with the tensors (see :func:`_check_vision_config`).
     """
     width = state["vision_model.embeddings.class_embedding"].shape[0]
     depth = len(
@@ -318,6 +364,10 @@ def convert_hf_clip(state: Mapping[str, Tensor], head_width: int = 64) -> Conver
     patch = state["vision_model.embeddings.patch_embedding.weight"].shape[-1]
     grid = math.isqrt(state["vision_model.embeddings.position_embedding.weight"].shape[0] - 1)
     hidden = state["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0]
+    if vision_config is not None:
+        from_config = _check_vision_config(vision_config, int(width), int(patch), int(grid * patch))
+        head_width = head_width or from_config
+    head_width = head_width or 64
     model_args = {
         "img_size": grid * patch,
         "patch_size": patch,
@@ -353,13 +403,28 @@ def _plain(args: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in args.items()}
 
 
-def convert_llm2clip(path: str, head_width: int = 64) -> ConvertedLLM2CLIP:
-    """Read a released LLM2CLIP vision checkpoint (file or folder) and convert it, whichever layout it has."""
+def _folder_vision_config(path: str) -> dict | None:
+    """``vision_config`` of a Hugging Face folder's ``config.json`` (``None`` for files and folders without)."""
+    config_file = os.path.join(path, "config.json")
+    if not os.path.isfile(config_file):
+        return None
+    with open(config_file, encoding="utf-8") as f:
+        return json.load(f).get("vision_config")
+
+
+def convert_llm2clip(path: str, head_width: int | None = None) -> ConvertedLLM2CLIP:
+    """Read a released LLM2CLIP vision checkpoint (file or folder) and convert it, whichever layout it has.
+
+    Args:
+        path: checkpoint file or Hugging Face folder.
+        head_width: attention head width; ``None``: the folder's ``config.json`` (Hugging Face layout), else 64.
+    """
     state = load_checkpoint(path)
     layout = detect_layout(state)
     if layout == "eva_clip":
-        return convert_eva_clip(state, head_width=head_width)
-    return convert_hf_clip(state, head_width=head_width)
+        return convert_eva_clip(state, head_width=head_width or 64)
+    vision_config = _folder_vision_config(path) if os.path.isdir(path) else None
+    return convert_hf_clip(state, head_width=head_width, vision_config=vision_config)
 
 
 def write_converted(converted: ConvertedLLM2CLIP, out_dir: str) -> dict[str, str]:
@@ -389,7 +454,12 @@ def main(argv: list[str] | None = None) -> None:
         "checkpoint", help="released LLM2CLIP checkpoint: .pt/.bin/.safetensors file or HF folder"
     )
     parser.add_argument("out_dir", help="where weights.pt and model/llm2clip_converted.yaml go")
-    parser.add_argument("--head-width", type=int, default=64, help="attention head width of the vision tower")
+    parser.add_argument(
+        "--head-width",
+        type=int,
+        default=None,
+        help="attention head width of the vision tower (default: the folder's config.json, else 64)",
+    )
     args = parser.parse_args(argv)
     converted = convert_llm2clip(args.checkpoint, head_width=args.head_width)
     paths = write_converted(converted, args.out_dir)

@@ -98,12 +98,11 @@ class EnhanceScoreModule(L.LightningModule):
         if self.spec is not None:
             return self.spec.image_transform(False)
         if self._vision is None:
-            from clipforge.models.vlm import patch_vision_from_config
+            from clipforge.models.vlm import folder_vision
 
             with open(os.path.join(self.hparams.model_path, "config.json"), encoding="utf-8") as f:
                 cfg = json.load(f)
-            name = self.hparams.vision_model_name_or_path or cfg.get("vision_model_name_or_path")
-            self._vision = patch_vision_from_config(cfg.get("vision_tower"), name)
+            self._vision = folder_vision(cfg, self.hparams.vision_model_name_or_path)
         return self._vision.image_transform(False)
 
     def configure_model(self) -> None:
