@@ -96,7 +96,7 @@ def _decide(overall: int | None) -> tuple[str, bool]:
 
 def _lineage_row(i: int, folds: int, run_steps: set[str], image_dir: Path, rng: np.random.Generator) -> dict:
     key = f"img{i:03d}"
-    shape = SHAPES[i % len(SHAPES)]
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
     colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
     background = list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
     path = image_dir / f"{key}.png"
@@ -107,11 +107,14 @@ def _lineage_row(i: int, folds: int, run_steps: set[str], image_dir: Path, rng: 
         raw.append(f"stock photo {key} {colour} {shape} free download")  # a noisy web alt-text
     recap = []
     if "recap" in run_steps:
+        styles = {
+            "tiny_qwen_vl": f"The image shows a single {colour} {shape} in the centre of a plain {background} "
+            f"background. The {shape} has sharp edges and a flat colour. There is no text in the image.",
+            "mini_llava": f"{article.capitalize()} {colour} {shape} sits on a {background} background. It is drawn with flat colour and "
+            "no shading. Nothing else is visible.",
+        }
         for captioner in CAPTIONERS:
-            long = (
-                f"The image shows a single {colour} {shape} in the centre of a plain {background} background. "
-                f"The {shape} has sharp edges and a flat colour. There is no text in the image."
-            )
+            long = styles[captioner]
             sheared = long.split(". ")[0] + "."
             recap.append(
                 {
