@@ -322,6 +322,8 @@ def make_pipeline_run(
     Returns:
         The run folder.
     """
+    if n_images < folds:
+        raise ValueError(f"every fold needs a held-out image: n_images={n_images} < folds={folds}")
     failed = dict(failed or {})
     steps = [s for s in ALL_STEPS if s in steps]
     unknown = set(failed) - set(steps)
@@ -392,3 +394,82 @@ def make_pipeline_run(
         clock = finished
     _write_json(run_dir / "state.json", {"steps": state})
     return run_dir
+
+
+class Node:
+    """An element of a parsed HTML page (see :func:`parse_html`)."""
+
+    def __init__(self, tag: str, attrs: Mapping[str, str | None], parent: Node | None = None) -> None:
+        self.tag, self.attrs, self.parent = tag, dict(attrs), parent
+        self.children: list[Node | str] = []
+
+    @property
+    def classes(self) -> list[str]:
+        return (self.attrs.get("class") or "").split()
+
+    def text(self) -> str:
+        """The text inside, entities decoded, whitespace collapsed."""
+        parts = [c if isinstance(c, str) else c.text() for c in self.children]
+        return " ".join(" ".join(parts).split())
+
+    def iter(self):
+        yield self
+        for c in self.children:
+            if isinstance(c, Node):
+                yield from c.iter()
+
+    def find_all(self, tag: str | None = None, cls: str | None = None, id: str | None = None) -> list[Node]:
+        return [
+            n
+            for n in self.iter()
+            if (tag is None or n.tag == tag)
+            and (cls is None or cls in n.classes)
+            and (id is None or n.attrs.get("id") == id)
+        ]
+
+    def find(self, tag: str | None = None, cls: str | None = None, id: str | None = None) -> Node | None:
+        found = self.find_all(tag, cls, id)
+        return found[0] if found else None
+
+    def table_rows(self) -> list[list[str]]:
+        """The text of every cell, row by row (header row first)."""
+        return [[c.text() for c in tr.find_all() if c.tag in ("th", "td")] for tr in self.find_all("tr")]
+
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+def parse_html(text: str) -> Node:
+    """Parse an HTML page into a :class:`Node` tree (stdlib parser; void elements close themselves)."""
+    from html.parser import HTMLParser
+
+    root = Node("#root", {})
+
+    class _Parser(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__(convert_charrefs=True)
+            self.cur = root
+
+        def handle_starttag(self, tag, attrs):
+            node = Node(tag, attrs, self.cur)
+            self.cur.children.append(node)
+            if tag not in VOID:
+                self.cur = node
+
+        def handle_startendtag(self, tag, attrs):
+            self.cur.children.append(Node(tag, attrs, self.cur))
+
+        def handle_endtag(self, tag):
+            n = self.cur
+            while n is not root and n.tag != tag:
+                n = n.parent
+            if n is not root:
+                self.cur = n.parent
+
+        def handle_data(self, data):
+            self.cur.children.append(data)
+
+    p = _Parser()
+    p.feed(text)
+    p.close()
+    return root

@@ -280,28 +280,28 @@ class _Doc:
 def _steps(doc: _Doc, run: PipelineRun, problems: Sequence[str]) -> None:
     doc.section("steps", "Steps")
     table = _Table(["step", "status", "rows", "errors", "wall time (s)", "rows/s"], num_cols=(2, 3, 4, 5))
-    for s in run.steps.to_dict("records"):
-        status = s["status"] or "unknown"
+    states = {step: run.state[step] for step in run.steps["step"]}  # pipeline order, values as written
+    for step, s in states.items():
+        status = str(s.get("status") or "unknown")
         table.rows.append(
             [
-                _Cell(s["step"]),
+                _Cell(step),
                 _Cell(status, f"status-{status}" if re.fullmatch(r"[a-z]+", status) else ""),
-                _Cell(_int(s["rows"])),
-                _Cell(_int(s["errors"])),
-                _Cell(_num(s["wall_s"], 1)),
-                _Cell(_num(s["rows_per_s"], 2)),
+                _Cell(_int(s.get("rows"))),
+                _Cell(_int(s.get("errors"))),
+                _Cell(_num(s.get("wall_s"), 1)),
+                _Cell(_num(s.get("rows_per_s"), 2)),
             ]
         )
     doc.table(table, "steps-table")
     planned = list(run.pipeline.get("steps", []))
-    states = {s["step"]: s for s in run.steps.to_dict("records")}
     missing = []
     for step in list(KNOWN_STEPS) + [s for s in planned if s not in KNOWN_STEPS]:
         if step not in planned:
             missing.append(f"{step} (not in this pipeline)")
         elif step not in states:
             missing.append(f"{step} (not reached)")
-        elif states[step]["status"] in ("failed", "skipped"):
+        elif states[step].get("status") in ("failed", "skipped"):
             missing.append(f"{step} ({states[step]['status']})")
     if missing:
         doc.para("Steps that did not run: " + ", ".join(missing) + ".", "warn")
@@ -309,7 +309,7 @@ def _steps(doc: _Doc, run: PipelineRun, problems: Sequence[str]) -> None:
         doc.para("Every step ran.")
     for step, s in states.items():
         if s.get("error"):
-            doc.para(f"{step} failed: {s['error']}", "warn error")
+            doc.para(f"{step} {s.get('status') or 'error'}: {s['error']}", "warn error")
     for p in problems:
         doc.para(p, "warn")
 

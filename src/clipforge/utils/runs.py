@@ -180,6 +180,7 @@ class PipelineRun:
         metrics: one row per arm x run x metric (:data:`METRIC_COLUMNS`), from ``comparison.json``.
         comparison: ``comparison.json`` (empty when the pipeline trained nothing).
         retrieval_examples: ``retrieval_examples.json`` (empty when absent).
+        state: ``state.json``'s ``steps`` as written (step -> its record).
         records: the lineage rows as written.
         problems: lineage lines that could not be read (they are left out of the tables).
     """
@@ -192,6 +193,7 @@ class PipelineRun:
     metrics: pd.DataFrame
     comparison: dict = field(default_factory=dict)
     retrieval_examples: dict = field(default_factory=dict)
+    state: dict = field(default_factory=dict)
     records: list[dict] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -346,6 +348,7 @@ def load_pipeline(run_dir: str) -> PipelineRun:
         metrics=_metric_frame(comparison),
         comparison=comparison,
         retrieval_examples=_read_json(os.path.join(run_dir, "retrieval_examples.json")),
+        state=state,
         records=records,
         problems=problems,
     )
