@@ -61,7 +61,7 @@ table{border-collapse:collapse;margin:6px 0 10px}th,td{border:1px solid #d0d7de;
 text-align:left;vertical-align:top}th{background:#f6f8fa}td.num,th.num{text-align:right;
 font-variant-numeric:tabular-nums;white-space:nowrap}td.chance{background:#f3f0ff;color:#4b3b8f}
 td.best{font-weight:700;background:#e9f7ef}tr.count td{color:#57606a}td:first-child{white-space:nowrap}
-th .sub{font-weight:400;font-size:11px;color:#57606a;max-width:190px}th{vertical-align:bottom}
+th .sub{font-weight:400;font-size:11px;color:#57606a;white-space:normal;min-width:120px}th{vertical-align:bottom}
 .warn{background:#fff4e5;border:1px solid #f0a020;border-left:6px solid #f0a020;padding:6px 10px;
 border-radius:4px;margin:6px 0}.error{background:#ffebe9;border-color:#cf222e}
 .status-done{color:#1a7f37;font-weight:600}.status-failed{color:#cf222e;font-weight:700}
