@@ -120,6 +120,22 @@ def test_load_pipeline_bad_lines_and_parquet(tmp_path):
         "lineage.jsonl line 2: not JSON (Expecting property name enclosed in double quotes)",
         "lineage.jsonl line 3: not a lineage row (no string 'key')",
     ]
+    (run_dir / "comparison.json").write_text('{"folds": 3,')
+    (run_dir / "retrieval_examples.json").write_text("[]")
+    run = load_pipeline(run_dir)
+    assert (run.comparison, run.retrieval_examples, len(run.metrics)) == ({}, {}, 0)
+    assert run.problems[2:] == [
+        "comparison.json could not be read: Expecting property name enclosed in double quotes: line 1 column 13 "
+        "(char 12); its sections are left out",
+        "retrieval_examples.json could not be read: retrieval_examples.json holds a list, not a JSON object; its "
+        "sections are left out",
+    ]
+    page = Path(write_report(run_dir)["report.html"]).read_text()
+    warnings = [p.text() for p in parse_html(page).find(id="steps").find_all("p", cls="warn")]
+    assert warnings == run.problems
+    (run_dir / "state.json").write_text("{")
+    with pytest.raises(ValueError, match="state.json could not be read"):
+        load_pipeline(run_dir)
     (run_dir / "state.json").unlink()
     with pytest.raises(FileNotFoundError, match="state.json is missing"):
         load_pipeline(run_dir)

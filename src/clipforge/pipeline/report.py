@@ -96,7 +96,10 @@ def _esc(value: object) -> str:
 
 def _md(value: object) -> str:
     """Markdown text of any value from the run: HTML-escaped, Markdown syntax and line breaks neutralised."""
-    text = _esc(value).replace("\r", " ").replace("\n", " ")
+    text = (
+        DASH if value is None else html.escape(str(value), quote=False)
+    )  # quotes are plain text in Markdown
+    text = text.replace("\r", " ").replace("\n", " ")
     return re.sub(r"([\\`*_\[\]|#~])", r"\\\1", text)
 
 
@@ -734,7 +737,7 @@ def _gallery(doc: _Doc, run: PipelineRun, thumbs: _Thumbs, size: int, seed: int)
     keys = gallery_keys(by_key, size, seed)
     doc.para(
         f"{len(keys)} of {len(by_key)} images, chosen by a stable hash of the key (seed {seed}). "
-        "Numbers in brackets are caption lengths; scores are the enhancer's (overall, then aspects: "
+        "Numbers in parentheses after recap captions are their lengths; scores are the enhancer's (overall, then aspects: "
         + ", ".join(f"{v} = {k.replace('_', ' ')}" for k, v in ASPECT_ABBREV.items())
         + ").",
         "muted",

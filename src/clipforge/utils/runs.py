@@ -182,7 +182,7 @@ class PipelineRun:
         retrieval_examples: ``retrieval_examples.json`` (empty when absent).
         state: ``state.json``'s ``steps`` as written (step -> its record).
         records: the lineage rows as written.
-        problems: lineage lines that could not be read (they are left out of the tables).
+        problems: what could not be read (lineage lines, an optional JSON file); it is left out of the tables.
     """
 
     run_dir: str
@@ -302,6 +302,22 @@ def _metric_frame(comparison: dict) -> pd.DataFrame:
     return pd.DataFrame(out, columns=METRIC_COLUMNS)
 
 
+def _read_run_json(run_dir: str, name: str, problems: list[str] | None) -> dict:
+    """A JSON object of the run folder (``{}`` when absent). Unreadable: raise, or describe it in ``problems``."""
+    path = os.path.join(run_dir, name)
+    try:
+        obj = _read_json(path)
+        if not isinstance(obj, dict):
+            raise ValueError(f"{name} holds a {type(obj).__name__}, not a JSON object")
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
+        message = f"{name} could not be read: {e}"
+        if problems is None:
+            raise ValueError(f"{run_dir}: {message}") from e
+        problems.append(message + "; its sections are left out")
+        return {}
+    return obj
+
+
 def load_pipeline(run_dir: str) -> PipelineRun:
     """Read a ``clipforge-pipeline`` run folder into tables.
 
@@ -314,6 +330,8 @@ def load_pipeline(run_dir: str) -> PipelineRun:
 
     Raises:
         FileNotFoundError: ``pipeline.json`` or ``state.json`` is missing (not a pipeline run folder).
+        ValueError: ``pipeline.json`` or ``state.json`` is not a JSON object. An unreadable ``comparison.json`` or
+            ``retrieval_examples.json`` is described in ``problems`` and read as empty instead.
     """
     import pandas as pd
 
@@ -321,8 +339,9 @@ def load_pipeline(run_dir: str) -> PipelineRun:
     for name in ("pipeline.json", "state.json"):
         if not os.path.exists(os.path.join(run_dir, name)):
             raise FileNotFoundError(f"{run_dir} is not a pipeline run folder: {name} is missing")
-    pipeline = _read_json(os.path.join(run_dir, "pipeline.json"))
-    state = _read_json(os.path.join(run_dir, "state.json")).get("steps", {})
+    problems: list[str] = []
+    pipeline = _read_run_json(run_dir, "pipeline.json", None)
+    state = _read_run_json(run_dir, "state.json", None).get("steps") or {}
     order = list(pipeline.get("steps", []))
     order += [s for s in state if s not in order]
     steps = pd.DataFrame(
@@ -337,8 +356,9 @@ def load_pipeline(run_dir: str) -> PipelineRun:
         ],
         columns=STEP_COLUMNS + ["outputs"],
     )
-    records, problems = read_lineage(run_dir)
-    comparison = _read_json(os.path.join(run_dir, "comparison.json"))
+    records, lineage_problems = read_lineage(run_dir)
+    problems += lineage_problems
+    comparison = _read_run_json(run_dir, "comparison.json", problems)
     return PipelineRun(
         run_dir=run_dir,
         pipeline=pipeline,
@@ -347,7 +367,7 @@ def load_pipeline(run_dir: str) -> PipelineRun:
         captions=_caption_frame(records),
         metrics=_metric_frame(comparison),
         comparison=comparison,
-        retrieval_examples=_read_json(os.path.join(run_dir, "retrieval_examples.json")),
+        retrieval_examples=_read_run_json(run_dir, "retrieval_examples.json", problems),
         state=state,
         records=records,
         problems=problems,
