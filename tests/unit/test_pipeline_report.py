@@ -240,6 +240,21 @@ def test_collapsed_warning(report, tmp_path):
     assert dom2.find_all("p", cls="collapsed") == []
 
 
+def test_held_out_size_mismatch_is_flagged(tmp_path):
+    run_dir = make_pipeline_run(tmp_path, n_images=3, folds=1, arms=("raw", "recap"))
+    comparison = _json(run_dir, "comparison.json")
+    comparison["arms"]["recap"]["runs"][0]["n_images"] = 2
+    (run_dir / "comparison.json").write_text(json.dumps(comparison))
+    dom = parse_html(Path(write_report(run_dir)["report.html"]).read_text())
+    # 3 images, the even ones (0 and 2) with two raw captions
+    assert [p.text() for p in dom.find_all("p", cls="mismatch")] == [
+        "⚠ The arms were not evaluated on held-out sets of the same size (raw: 3 images / 5 captions; "
+        "recap: 2 images / 5 captions)."
+    ]
+    same = parse_html(Path(write_report(make_pipeline_run(tmp_path, name="same"))["report.html"]).read_text())
+    assert same.find_all("p", cls="mismatch") == []
+
+
 def test_cra_table(report, run_dir):
     _, dom, _ = report
     rows = _rows_by_first_cell(dom.find(id="cra-table"))

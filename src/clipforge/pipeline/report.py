@@ -96,9 +96,8 @@ def _esc(value: object) -> str:
 
 def _md(value: object) -> str:
     """Markdown text of any value from the run: HTML-escaped, Markdown syntax and line breaks neutralised."""
-    text = (
-        DASH if value is None else html.escape(str(value), quote=False)
-    )  # quotes are plain text in Markdown
+    # quotes stay as they are: Markdown shows them as text, and an entity such as &#x27; would lose its # below
+    text = DASH if value is None else html.escape(str(value), quote=False)
     text = text.replace("\r", " ").replace("\n", " ")
     return re.sub(r"([\\`*_\[\]|#~])", r"\\\1", text)
 
@@ -132,6 +131,8 @@ class _Cell:
 
 @dataclass
 class _Table:
+    """A table rendered both as HTML and as Markdown (every text escaped for its format)."""
+
     headers: list[str]
     rows: list[list[_Cell]] = field(default_factory=list)
     subs: list[str] = field(default_factory=list)  # a smaller second line under each header
@@ -152,9 +153,9 @@ class _Table:
         )
         body = []
         for r, row in enumerate(self.rows):
-            rc = self.row_cls[r] if r < len(self.row_cls) and self.row_cls[r] else ""
+            rc = self.row_cls[r] if r < len(self.row_cls) else ""
             cells = "".join(f"<td{cls(i, c.cls)}>{_esc(c.text)}</td>" for i, c in enumerate(row))
-            body.append(f"<tr{f' class={chr(34)}{rc}{chr(34)}' if rc else ''}>{cells}</tr>")
+            body.append((f'<tr class="{rc}">' if rc else "<tr>") + cells + "</tr>")
         return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
     def md(self) -> str:
@@ -214,7 +215,7 @@ class _Thumbs:
                     img = img.convert("RGB")
                 buf = io.BytesIO()
                 img.save(buf, "JPEG", quality=85)
-        except (OSError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 (any unreadable image is a listed problem, never a failed report)
             self.problems.append(f"{key}: image {path} could not be read ({type(e).__name__})")
             return None
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", key)[:40]
@@ -392,7 +393,12 @@ def _comparison(doc: _Doc, run: PipelineRun, figures: Path, written: dict[str, s
             )
     sizes = {a: sorted({(r.get("n_images"), r.get("n_captions")) for r in runs_per_arm[a]}) for a in arms}
     if len({tuple(v) for v in sizes.values()}) > 1:
-        doc.para("⚠ The arms were not evaluated on held-out sets of the same size: " + str(sizes), "warn")
+        per_arm = "; ".join(
+            f"{a}: " + ", ".join(f"{i} images / {c} captions" for i, c in v) for a, v in sizes.items()
+        )
+        doc.para(
+            f"⚠ The arms were not evaluated on held-out sets of the same size ({per_arm}).", "warn mismatch"
+        )
 
     headers = ["metric", "chance"] + list(arms)
     subs = ["", "random ranking"] + [
