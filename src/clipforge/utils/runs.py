@@ -1,8 +1,10 @@
-"""Load finished runs and sweeps (for notebooks and scripts) from what every Hydra run leaves on disk.
+"""Load finished runs, sweeps and pipeline runs (for notebooks and scripts) from what they leave on disk.
 
 A run dir holds ``config.yaml`` (resolved job config), ``run.cli.yaml``, ``metrics.json`` (flat final metrics),
 ``checkpoints/`` and ``.hydra/overrides.yaml``. A multirun dir holds one such run dir per job (``0/``, ``1/``...).
-Nothing here composes ``paths``/``hydra`` configs, so it works anywhere the files are.
+A ``clipforge-pipeline`` run folder (``pipeline.json``, ``state.json``, ``lineage.jsonl``, ``comparison.json``...)
+is read by :func:`load_pipeline`. Nothing here composes ``paths``/``hydra`` configs, so it works anywhere the files
+are.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["Run", "find_checkpoint", "load_run", "load_sweep"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["PipelineRun", "Run", "find_checkpoint", "load_pipeline", "load_run", "load_sweep", "read_lineage"]
 
 
 @dataclass
@@ -50,6 +55,8 @@ def _read_overrides(run_dir: str) -> list[str]:
 def find_checkpoint(run_dir: str, which: str = "best") -> str | None:
     """Path of the ``best`` or ``last`` checkpoint of a run (``best`` is read from ``last.ckpt``'s
     ModelCheckpoint state, falling back to ``last``), or ``None`` if the run saved none."""
+    import torch  # imported here: pipeline runs and sweeps load without it
+
     last = os.path.join(run_dir, "checkpoints", "last.ckpt")
     if not os.path.exists(last):
         return None
@@ -81,6 +88,7 @@ def load_run(run_dir: str, checkpoint: str | None = "best", build: bool = True) 
     elif checkpoint:
         run.checkpoint = checkpoint
     if build:
+        import torch
         from hydra.utils import instantiate
 
         run.model = instantiate(cfg.model, _convert_="all")
@@ -109,3 +117,258 @@ def load_sweep(sweep_dir: str):
         row.update(_read_json(str(job / "metrics.json")))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+STEP_COLUMNS = [
+    "step",
+    "status",
+    "rows",
+    "errors",
+    "wall_s",
+    "rows_per_s",
+    "started",
+    "finished",
+    "hash",
+    "error",
+]
+CAPTION_COLUMNS = [
+    "key",
+    "fold",
+    "stage",
+    "source",
+    "caption",
+    "length",
+    "overall",
+    "expected",
+    "text_quality",
+    "image_text_matching",
+    "object_detail",
+    "semantic_understanding",
+    "text_chart_description",
+    "action",
+    "recaption",
+    "final_overall",
+    "model",
+]
+METRIC_COLUMNS = [
+    "arm",
+    "label",
+    "text_encoder",
+    "fold",
+    "seed",
+    "metric",
+    "value",
+    "n_images",
+    "n_captions",
+    "collapsed",
+]
+
+
+@dataclass
+class PipelineRun:
+    """A ``clipforge-pipeline`` run folder, read into tables (see :func:`load_pipeline`).
+
+    Attributes:
+        run_dir: the run folder.
+        pipeline: ``pipeline.json`` (name, steps, arms, folds, source, seeds, created).
+        steps: one row per step of ``state.json`` in pipeline order (:data:`STEP_COLUMNS`, ``outputs``).
+        lineage: one row per image: the lineage fields plus ``n_raw_captions``, ``n_recap``, ``n_scored``,
+            ``n_final_captions``.
+        captions: every caption of every image, long form (:data:`CAPTION_COLUMNS`); ``stage`` is ``raw``,
+            ``recap`` (a captioner's full caption, ``length`` = ``raw_len``), ``sheared`` (``length`` =
+            ``sheared_len``), ``scored`` (the enhancer's verdict on one caption) or ``final`` (the enhanced set).
+        metrics: one row per arm x run x metric (:data:`METRIC_COLUMNS`), from ``comparison.json``.
+        comparison: ``comparison.json`` (empty when the pipeline trained nothing).
+        retrieval_examples: ``retrieval_examples.json`` (empty when absent).
+        state: ``state.json``'s ``steps`` as written (step -> its record).
+        records: the lineage rows as written.
+        problems: what could not be read (lineage lines, an optional JSON file); it is left out of the tables.
+    """
+
+    run_dir: str
+    pipeline: dict
+    steps: pd.DataFrame
+    lineage: pd.DataFrame
+    captions: pd.DataFrame
+    metrics: pd.DataFrame
+    comparison: dict = field(default_factory=dict)
+    retrieval_examples: dict = field(default_factory=dict)
+    state: dict = field(default_factory=dict)
+    records: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def best_arm(self, metric: str = "rsum") -> str | None:
+        """The arm with the highest mean ``metric`` (the first one on ties), ``None`` without a comparison."""
+        means = {a: v.get("mean", {}).get(metric) for a, v in self.comparison.get("arms", {}).items()}
+        means = {a: m for a, m in means.items() if m is not None}
+        return max(means, key=means.get) if means else None
+
+
+def read_lineage(run_dir: str) -> tuple[list[dict], list[str]]:
+    """The lineage rows of a pipeline run (``lineage.jsonl``, else ``lineage.parquet``) and the problems met.
+
+    A line that is not a JSON object with a ``key`` is left out and described in the problems; the other rows
+    are kept. No lineage file gives no rows.
+    """
+    rows, problems = [], []
+    jsonl, parquet = os.path.join(run_dir, "lineage.jsonl"), os.path.join(run_dir, "lineage.parquet")
+    if os.path.exists(jsonl):
+        with open(jsonl, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    problems.append(f"lineage.jsonl line {n}: not JSON ({e.msg})")
+                    continue
+                if not isinstance(row, dict) or not isinstance(row.get("key"), str):
+                    problems.append(f"lineage.jsonl line {n}: not a lineage row (no string 'key')")
+                    continue
+                rows.append(row)
+    elif os.path.exists(parquet):
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(parquet).to_pylist()
+    return rows, problems
+
+
+def _lineage_frame(records: list[dict]) -> pd.DataFrame:
+    import pandas as pd
+
+    counts = {
+        "n_raw_captions": "raw_captions",
+        "n_recap": "recap",
+        "n_scored": "scored",
+        "n_final_captions": "final_captions",
+    }
+    rows = [{**r, **{c: len(r.get(f) or []) for c, f in counts.items()}} for r in records]
+    base = ["key", "image", "fold", "raw_captions", "recap", "scored", "final_captions", "enhancer"]
+    df = pd.DataFrame(rows)
+    for c in base + list(counts):
+        if c not in df.columns:
+            df[c] = pd.Series(dtype=object)
+    return df[base + list(counts) + [c for c in df.columns if c not in base and c not in counts]]
+
+
+def _caption_frame(records: list[dict]) -> pd.DataFrame:
+    import pandas as pd
+
+    out = []
+    for r in records:
+        common = {"key": r.get("key"), "fold": r.get("fold")}
+        for c in r.get("raw_captions") or []:
+            out.append({**common, "stage": "raw", "source": "raw", "caption": c})
+        for c in r.get("recap") or []:
+            for stage, text, length in (("recap", "raw", "raw_len"), ("sheared", "sheared", "sheared_len")):
+                out.append(
+                    {
+                        **common,
+                        "stage": stage,
+                        "source": c.get("captioner"),
+                        "caption": c.get(text),
+                        "length": c.get(length),
+                        "model": c.get("model"),
+                    }
+                )
+        for c in r.get("scored") or []:
+            row = {**common, "stage": "scored", **{k: c.get(k) for k in ("source", "caption", "overall")}}
+            row.update({k: c.get(k) for k in ("expected", "action", "recaption", "final_overall")})
+            row.update(c.get("scores") or {})
+            out.append(row)
+        for c in r.get("final_captions") or []:
+            out.append({**common, "stage": "final", "source": c.get("source"), "caption": c.get("caption")})
+    return pd.DataFrame(out, columns=CAPTION_COLUMNS)
+
+
+def _metric_frame(comparison: dict) -> pd.DataFrame:
+    import pandas as pd
+
+    out = []
+    for arm, a in comparison.get("arms", {}).items():
+        for run in a.get("runs", []):
+            for metric, value in (run.get("metrics") or {}).items():
+                out.append(
+                    {
+                        "arm": arm,
+                        "label": a.get("label"),
+                        "text_encoder": a.get("text_encoder"),
+                        **{k: run.get(k) for k in ("fold", "seed")},
+                        "metric": metric,
+                        "value": value,
+                        **{k: run.get(k) for k in ("n_images", "n_captions", "collapsed")},
+                    }
+                )
+    return pd.DataFrame(out, columns=METRIC_COLUMNS)
+
+
+def _read_run_json(run_dir: str, name: str, problems: list[str] | None) -> dict:
+    """A JSON object of the run folder (``{}`` when absent). Unreadable: raise, or describe it in ``problems``."""
+    path = os.path.join(run_dir, name)
+    try:
+        obj = _read_json(path)
+        if not isinstance(obj, dict):
+            raise ValueError(f"{name} holds a {type(obj).__name__}, not a JSON object")
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
+        message = f"{name} could not be read: {e}"
+        if problems is None:
+            raise ValueError(f"{run_dir}: {message}") from e
+        problems.append(message + "; its sections are left out")
+        return {}
+    return obj
+
+
+def load_pipeline(run_dir: str) -> PipelineRun:
+    """Read a ``clipforge-pipeline`` run folder into tables.
+
+    Args:
+        run_dir: the run folder (``pipeline.json``, ``state.json`` and, when their steps ran, ``lineage.jsonl`` /
+            ``lineage.parquet``, ``comparison.json``, ``retrieval_examples.json``).
+
+    Returns:
+        A :class:`PipelineRun`; the tables of files that are absent are empty (with their columns).
+
+    Raises:
+        FileNotFoundError: ``pipeline.json`` or ``state.json`` is missing (not a pipeline run folder).
+        ValueError: ``pipeline.json`` or ``state.json`` is not a JSON object. An unreadable ``comparison.json`` or
+            ``retrieval_examples.json`` is described in ``problems`` and read as empty instead.
+    """
+    import pandas as pd
+
+    run_dir = str(run_dir)
+    for name in ("pipeline.json", "state.json"):
+        if not os.path.exists(os.path.join(run_dir, name)):
+            raise FileNotFoundError(f"{run_dir} is not a pipeline run folder: {name} is missing")
+    problems: list[str] = []
+    pipeline = _read_run_json(run_dir, "pipeline.json", None)
+    state = _read_run_json(run_dir, "state.json", None).get("steps") or {}
+    order = list(pipeline.get("steps", []))
+    order += [s for s in state if s not in order]
+    steps = pd.DataFrame(
+        [
+            {
+                "step": s,
+                **{c: state[s].get(c) for c in STEP_COLUMNS[1:]},
+                "outputs": state[s].get("outputs") or {},
+            }
+            for s in order
+            if s in state
+        ],
+        columns=STEP_COLUMNS + ["outputs"],
+    )
+    records, lineage_problems = read_lineage(run_dir)
+    problems += lineage_problems
+    comparison = _read_run_json(run_dir, "comparison.json", problems)
+    return PipelineRun(
+        run_dir=run_dir,
+        pipeline=pipeline,
+        steps=steps,
+        lineage=_lineage_frame(records),
+        captions=_caption_frame(records),
+        metrics=_metric_frame(comparison),
+        comparison=comparison,
+        retrieval_examples=_read_run_json(run_dir, "retrieval_examples.json", problems),
+        state=state,
+        records=records,
+        problems=problems,
+    )
