@@ -32,13 +32,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clipforge.pipeline.steps import STEPS as KNOWN_STEPS
 from clipforge.tasks.enhance.prompt import ASPECTS, SCORE_RANGE
 from clipforge.utils.runs import PipelineRun, load_pipeline
 
 __all__ = ["KNOWN_STEPS", "gallery_keys", "write_report"]
 
-KNOWN_STEPS = ("recap", "enhance", "llm2clip", "train", "eval", "report")
-"""Every step ``clipforge-pipeline`` knows, in run order."""
 
 THUMB_PX = 160
 ASPECT_ABBREV = {
@@ -298,15 +297,19 @@ def _steps(doc: _Doc, run: PipelineRun, problems: Sequence[str]) -> None:
             ]
         )
     doc.table(table, "steps-table")
+    # a step runs as one job (`eval`) or several (`train/raw/fold0_s0`, ...): judge it by all of its jobs
     planned = list(run.pipeline.get("steps", []))
     missing = []
-    for step in list(KNOWN_STEPS) + [s for s in planned if s not in KNOWN_STEPS]:
-        if step not in planned:
+    for step in list(KNOWN_STEPS) + [s for s in planned if s.split("/")[0] not in KNOWN_STEPS]:
+        jobs = [n for n in planned if n == step or n.startswith(step + "/")]
+        reached = [states[n] for n in jobs if n in states]
+        bad = sorted({r.get("status") for r in reached} & {"failed", "skipped"})
+        if not jobs:
             missing.append(f"{step} (not in this pipeline)")
-        elif step not in states:
+        elif len(reached) < len(jobs):
             missing.append(f"{step} (not reached)")
-        elif states[step].get("status") in ("failed", "skipped"):
-            missing.append(f"{step} ({states[step]['status']})")
+        elif bad:
+            missing.append(f"{step} ({bad[0]})")
     if missing:
         doc.para("Steps that did not run: " + ", ".join(missing) + ".", "warn")
     else:

@@ -85,7 +85,9 @@ def _eval_step(cfg: DictConfig, plan: Plan, run_dir: str) -> dict:
         "folds": len(splits(cfg)),
         "seeds": [int(s) for s in cfg.pipeline.seeds],
         "metric_keys": list(compare.METRIC_KEYS),
-        "arms": compare.summarise(runs, compare.ARM_LABELS, encoders),
+        "arms": compare.summarise(
+            {a: runs[a] for a in cfg.pipeline.arms if a in runs}, compare.ARM_LABELS, encoders
+        ),
     }
     chance_runs, n_images, n_captions = [], [], []
     for split in splits(cfg):
@@ -106,8 +108,8 @@ def _eval_step(cfg: DictConfig, plan: Plan, run_dir: str) -> dict:
     }
     examples, cra = {}, {}
     n_examples = int(cfg.pipeline.eval.get("examples", 8))
-    for arm, arm_runs in plan.arm_runs.items():
-        first = arm_runs[0][2]
+    for arm in (a for a in cfg.pipeline.arms if a in plan.arm_runs):
+        first = plan.arm_runs[arm][0][2]
         emb = compare.embed_heldout(dirs[first])
         examples[arm] = compare.retrieval_examples(emb, n_examples)
         cra[f"{arm}: {encoders.get(arm, '')}"] = compare.text_cra(emb)
@@ -283,8 +285,8 @@ def run_pipeline(cfg: DictConfig) -> dict:
     if os.path.exists(comparison):
         with open(comparison, encoding="utf-8") as f:
             print_comparison(json.load(f))
-    if outputs.get("html"):
-        print(f"report: {outputs['html']}")
+    if outputs.get("report.html"):
+        print(f"report: {outputs['report.html']}")
     return outputs
 
 
