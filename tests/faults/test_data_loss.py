@@ -103,3 +103,30 @@ def test_repeated_member_key_keeps_the_first_sample(tmp_path):
     assert pixel(load_image(records[1].image)) == pytest.approx(COLORS[1], abs=8)
     assert "url" not in records[1].meta  # nothing of the second copy is merged into the first
     assert [(e.key, e.reason, e.source) for e in errors] == [("001", "duplicate_key", f"{path}#001.jpg")]
+
+
+def _predict_module(records):
+    """What ``predict_image_paths`` reads: ``trainer.datamodule.datasets["predict"][i].records``."""
+    from types import SimpleNamespace
+
+    dm = SimpleNamespace(datasets={"predict": [SimpleNamespace(records=records)]})
+    trainer = SimpleNamespace(datamodule=dm)
+    return SimpleNamespace(_trainer=trainer, trainer=trainer)
+
+
+def test_enhance_image_files_of_colliding_keys_stay_apart(tmp_path):
+    """Keys that one escaping rule maps to the same name (``a/b``, ``a_b``, ``a?b``) get their own image files,
+    on the first run and on a rerun that reuses the files already written."""
+    from clipforge.data.records import Record
+    from clipforge.tasks.enhance.outputs import predict_image_paths
+
+    keys = ["a/b", "a_b", "a?b", "A_B"]
+    records = [
+        Record(k, image_bytes(c, size=(16, 16), fmt="PNG"), ["x"]) for k, c in zip(keys, COLORS, strict=True)
+    ]
+    for _ in range(2):  # the rerun finds the files and must point each key at its own
+        paths = predict_image_paths(_predict_module(records), str(tmp_path))
+        assert len(set(paths.values())) == len(keys)
+        for key, color in zip(keys, COLORS, strict=True):
+            assert paths[key].startswith(str(tmp_path / "images") + "/")
+            assert pixel(load_image(paths[key])) == color, key
