@@ -6,16 +6,24 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
 import tarfile
+import time
 
 import pytest
+import torch
 
 from clipforge.cli.data import inspect_source
 from clipforge.cli.data import main as data_main
 from clipforge.data.images import load_image
 from clipforge.data.readers import read_records
 from clipforge.data.specs import DatasetSpec
-from tests.unit.test_data_fixtures import image_bytes, make_tar, pixel
+from clipforge.utils.hydra import compose
+from tests.helpers.echo_module import fingerprint
+from tests.smoke.test_generate_resume import ROOT, _cmd, _env
+from tests.unit.test_data_fixtures import image_bytes, make_tar, pixel, write_image
 
 COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
 
@@ -130,3 +138,86 @@ def test_enhance_image_files_of_colliding_keys_stay_apart(tmp_path):
         for key, color in zip(keys, COLORS, strict=True):
             assert paths[key].startswith(str(tmp_path / "images") + "/")
             assert pixel(load_image(paths[key])) == color, key
+
+
+def _photos(root, n: int):
+    """``n`` photos of distinct sizes and a JSONL source naming them (what the echo generation module reads)."""
+    rows = []
+    for i in range(n):
+        write_image(str(root / f"p{i}.png"), COLORS[i % len(COLORS)], size=(8 + i, 6 + i))
+        rows.append({"key": f"p{i}", "image": f"p{i}.png", "caption": f"caption {i}"})
+    (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def _child_env(tmp_path) -> dict:
+    """The generation test environment, with this checkout's sources first (as in the test process)."""
+    env = _env(tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
+    return env
+
+
+def _generate_in_process(photos, out):
+    """``clipforge-generate`` with the echo module, in this process (the same overrides as ``_cmd``)."""
+    from clipforge.cli.generate import generate
+
+    overrides = [a for a in _cmd(photos, out)[3:] if not a.startswith("hydra.run.dir=")]
+    overrides[0] = f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]"
+    return generate(compose(overrides, "generate", output_dir=str(out)))
+
+
+def test_a_second_live_writer_is_refused_and_a_killed_one_does_not_block_its_rerun(tmp_path, capsys):
+    photos, out = _photos(tmp_path / "photos", 12), tmp_path / "run"
+    first = subprocess.Popen(  # the first job: 6 batches of 2 rows, 3 s each, 3 rows per shard
+        _cmd(photos, out, "model.delay=3.0"),
+        env=_child_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not list((out / "shards").glob("shard-*.jsonl")):
+            assert first.poll() is None, "the first job ended early"
+            time.sleep(0.05)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as refused:
+            _generate_in_process(photos, out)
+        err = capsys.readouterr().err
+        assert refused.value.code == 2 and "Traceback" not in err
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and str(out / "shards") in lines[0] and f"pid {first.pid}" in lines[0]
+        assert first.poll() is None  # the first job goes on
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    assert len(list((out / "shards").glob("shard-*.jsonl"))) < 4, "the kill must land mid-job"
+    _generate_in_process(photos, out)  # the killed job's lock is stale: the rerun resumes
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in rows] == [f"p{i}" for i in range(12)]
+    for r in rows:
+        assert {k: r[k] for k in ("size", "checksum")} == fingerprint(
+            load_image(str(photos / f"{r['key']}.png"))
+        )
+    assert (out / "errors.jsonl").read_text() == ""
+    assert not [p for p in os.listdir(out / "shards") if p.endswith(".tmp")]
+
+
+def test_two_writers_of_one_shard_never_share_a_temporary_file(tmp_path):
+    """A second writer finishes the same shard while the first is half-way through its rows: the shard on disk
+    is one writer's rows, whole, and no temporary file is left."""
+    from clipforge.callbacks.shard_writer import _rows_to_file, read_shard
+
+    path = str(tmp_path / "shard-00000.jsonl")
+    mine = [{"key": f"k{i}", "who": "first", "pad": "x" * 6000} for i in range(4)]
+    theirs = [{"key": f"k{i}", "who": "second"} for i in range(4)]
+
+    class Midway(list):
+        def __iter__(self):
+            for i, row in enumerate(list.__iter__(self)):
+                if i == 2:
+                    _rows_to_file(theirs, path, "jsonl", torch.float32)
+                yield row
+
+    _rows_to_file(Midway(mine), path, "jsonl", torch.float32)
+    assert read_shard(path) == mine  # the last rename wins, whole
+    assert os.listdir(tmp_path) == ["shard-00000.jsonl"]
