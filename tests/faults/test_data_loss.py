@@ -4,6 +4,7 @@ and every bad one is an error record with its own reason."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -221,3 +222,36 @@ def test_two_writers_of_one_shard_never_share_a_temporary_file(tmp_path):
     _rows_to_file(Midway(mine), path, "jsonl", torch.float32)
     assert read_shard(path) == mine  # the last rename wins, whole
     assert os.listdir(tmp_path) == ["shard-00000.jsonl"]
+
+
+def test_resuming_a_finished_run_keeps_its_training_metrics(tmp_path):
+    """A run killed after its final epoch (here: finished) resumed from last.ckpt has nothing left to train; its
+    metrics.json still holds the train/* metrics, with the values of the uninterrupted run. The source has missing
+    images and each epoch draws 8 of its 12 rows, so the epoch-level train/data_errors differs between epochs."""
+    from clipforge.cli.train import train
+
+    photos = _photos(tmp_path / "photos", 12)
+    rows = [json.loads(line) for line in (photos / "data.jsonl").read_text().splitlines()]
+    for i in (1, 2, 9, 10):
+        rows[i]["image"] = f"gone{i}.png"
+    (photos / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tiny = [
+        "experiment=demo_clip",
+        "debug=tiny_clip",
+        "trainer.max_epochs=2",
+        f"data.train.path={photos / 'data.jsonl'}",
+        "data.holdout_fraction=0",
+        f"data.val.path={photos / 'data.jsonl'}",
+    ]
+    first, again = tmp_path / "first", tmp_path / "again"
+    train(compose([*tiny, "logger=csv"], output_dir=str(first)))
+    before = json.loads((first / "metrics.json").read_text())
+    assert {"train/contrastive_loss", "train/data_errors", "train/logit_scale"} <= set(before)
+    with open(first / "csv" / "metrics.csv") as f:
+        per_epoch = [float(r["train/data_errors"]) for r in csv.DictReader(f) if r["train/data_errors"]]
+    assert len(per_epoch) == 2 and per_epoch[0] != per_epoch[1] == before["train/data_errors"]
+    last = first / "checkpoints" / "last.ckpt"
+    _, objects = train(compose([*tiny, f"ckpt_path={last}"], output_dir=str(again)))
+    assert objects["trainer"].current_epoch == 2  # nothing was trained again
+    after = json.loads((again / "metrics.json").read_text())
+    assert after == pytest.approx(before)

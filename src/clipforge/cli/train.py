@@ -14,6 +14,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from clipforge.callbacks.checkpoint import MetricsState
 from clipforge.utils.hydra import CONF_DIR, instantiate_dict
 
 # Checkpoints hold hparams with tower specs and optimizer builders (pickled objects), so they load with
@@ -31,12 +32,15 @@ log = logging.getLogger("clipforge")
 
 
 def build(cfg: DictConfig) -> dict:
-    """Instantiate datamodule, model, callbacks, loggers and trainer from a composed config."""
+    """Instantiate datamodule, model, callbacks, loggers and trainer from a composed config.
+
+    The callbacks of ``cfg.callbacks`` come first, then the ones every run has (:mod:`clipforge.callbacks.checkpoint`).
+    """
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
-    callbacks = instantiate_dict(cfg.get("callbacks"), "callback")
+    callbacks = [*instantiate_dict(cfg.get("callbacks"), "callback"), MetricsState()]
     loggers = instantiate_dict(cfg.get("logger"), "logger")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
     return {
@@ -57,7 +61,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     model, datamodule, trainer = objects["model"], objects["datamodule"], objects["trainer"]
     log_hyperparameters(trainer, cfg)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
-    metrics = flat_metrics(trainer.callback_metrics)
+    # a resumed run logs only what it trained: the checkpoint's metrics (a finished run's, all) fill in the rest
+    state = next(c for c in trainer.callbacks if isinstance(c, MetricsState))
+    metrics = {**state.restored, **flat_metrics(trainer.callback_metrics)}
     if cfg.get("evaluate", True) and not trainer.fast_dev_run:
         ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
         stage = "test" if getattr(datamodule, "has_test", False) else "validate"
