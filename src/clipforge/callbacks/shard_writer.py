@@ -6,6 +6,10 @@ temporary name and renamed once all of its rows are in, so a file on disk is alw
 the same folder, finished shards are skipped (the datamodule leaves their rows out), so a job killed at any point
 resumes without losing or duplicating rows. Under DDP each rank takes the disjoint shards ``i % world == rank``.
 
+``pt`` shards hold plain data only (tensors, numbers, strings, lists, dicts: other values are stored as
+:func:`~clipforge.data.records.jsonable` makes them) and are read with ``torch.load(weights_only=True)``, so a
+crafted shard in a folder given as input (``data.*.text_embeddings``) cannot run code: it is refused with one line.
+
 A row whose image failed is an error row ``{"key", "error": reason}`` in its shard, so every input row is
 accounted for; the merged table holds the good rows, ``errors.jsonl`` the others. ``_plan.json`` records the
 shard plan (row keys per shard): resuming into a folder whose plan differs (another input, another shard size)
@@ -24,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -32,7 +37,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from clipforge.data.errors import DataConfigError
 from clipforge.data.records import jsonable
+from clipforge.utils.checkpoint import refusal_detail
 from clipforge.utils.locks import FolderLock
 
 log = logging.getLogger("clipforge.generate")
@@ -52,6 +59,18 @@ def _write_json(obj: Any, path: str, **kwargs) -> None:
     os.replace(tmp, path)
 
 
+def _plain(value: Any, dtype: torch.dtype) -> Any:
+    """A ``pt`` shard value: tensors on CPU (floating ones as ``dtype``), containers recursed, the rest jsonable."""
+    if torch.is_tensor(value):
+        value = value.detach().to("cpu")
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, dtype) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v, dtype) for v in value]
+    return jsonable(value)
+
+
 def _rows_to_file(rows: list[dict], path: str, fmt: str, dtype: torch.dtype) -> None:
     tmp = _tmp_name(path)
     if fmt == "jsonl":
@@ -64,19 +83,16 @@ def _rows_to_file(rows: list[dict], path: str, fmt: str, dtype: torch.dtype) -> 
 
         pq.write_table(pa.Table.from_pylist([jsonable(r) for r in rows]), tmp)
     else:
-        rows = [
-            {
-                k: (v.detach().to("cpu", dtype) if torch.is_tensor(v) and v.is_floating_point() else v)
-                for k, v in r.items()
-            }
-            for r in rows
-        ]
-        torch.save(rows, tmp)
+        torch.save([_plain(r, dtype) for r in rows], tmp)
     os.replace(tmp, path)
 
 
 def read_shard(path: str) -> list[dict]:
-    """Rows of one output shard (``.jsonl``, ``.parquet`` or ``.pt``), error rows included."""
+    """Rows of one output shard (``.jsonl``, ``.parquet`` or ``.pt``), error rows included.
+
+    Raises:
+        DataConfigError: a ``.pt`` file holding anything but plain data (it is never unpickled further).
+    """
     if path.endswith(".jsonl"):
         with open(path, encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
@@ -84,7 +100,13 @@ def read_shard(path: str) -> list[dict]:
         import pyarrow.parquet as pq
 
         return [{k: v for k, v in r.items() if v is not None} for r in pq.read_table(path).to_pylist()]
-    return torch.load(path, weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise DataConfigError(
+            f"{path}: not a plain-data shard ({refusal_detail(e)}); shards are read with weights_only=True and "
+            "never run code: regenerate the folder with clipforge-generate"
+        ) from None
 
 
 def shard_files(dirpath: str) -> list[str]:
