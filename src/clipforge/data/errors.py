@@ -27,6 +27,7 @@ class ImageLoadError(Exception):
 
 
 IMAGE_ERROR_REASONS = (
+    "no_image",
     "missing_file",
     "not_a_file",
     "symlink_loop",

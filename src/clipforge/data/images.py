@@ -1,6 +1,6 @@
 """Image loading: any ``ImageRef`` -> an RGB ``PIL.Image``, or an ``ImageLoadError`` with a reason.
 
-Reasons: ``missing_file`` (a dangling symlink included), ``not_a_file`` (a folder, a FIFO, a device),
+Reasons: ``no_image`` (an empty image cell), ``missing_file`` (a dangling symlink included), ``not_a_file`` (a folder, a FIFO, a device),
 ``symlink_loop``, ``zero_byte``, ``unreadable`` (not an image: no known format), ``corrupt_image`` (an image format
 whose data is damaged), ``truncated`` (the file ends before its format's end marker or declared size),
 ``too_many_pixels`` (checked from the header, before pixels are decoded). Truncation is read from the file itself
@@ -58,11 +58,11 @@ def read_hf_cell(ref: HFImageRef) -> bytes | str:
     except FileNotFoundError as e:
         raise ImageLoadError("missing_file", ref.path) from e
     cell = table.column(ref.column)[0].as_py() or {}
-    if cell.get("bytes"):
+    if cell.get("bytes") is not None:  # b"" included: a zero_byte image, not a missing one
         return cell["bytes"]
     if cell.get("path"):
         return cell["path"]
-    raise ImageLoadError("missing_file", f"{ref.path}#{ref.row}: empty image cell")
+    raise ImageLoadError("no_image", f"{ref.path}#{ref.row}: empty image cell")
 
 
 def _scale_to_uint8(arr: np.ndarray, is_int16: bool) -> np.ndarray:
