@@ -32,7 +32,8 @@ log = logging.getLogger("clipforge")
 def build(cfg: DictConfig) -> dict:
     """Instantiate datamodule, model, callbacks, loggers and trainer from a composed config.
 
-    The callbacks of ``cfg.callbacks`` come first, then the ones every run has (:mod:`clipforge.callbacks.checkpoint`).
+    The callbacks of ``cfg.callbacks`` come first, then the ones every run has
+    (:mod:`clipforge.callbacks.checkpoint`: plain hyper-parameters, metrics in checkpoints).
     """
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)

@@ -1,12 +1,12 @@
 """Image loading: any ``ImageRef`` -> an RGB ``PIL.Image``, or an ``ImageLoadError`` with a reason.
 
-Reasons: ``no_image`` (an empty image cell), ``missing_file`` (a dangling symlink included), ``not_a_file`` (a folder, a FIFO, a device),
-``symlink_loop``, ``zero_byte``, ``unreadable`` (not an image: no known format), ``corrupt_image`` (an image format
-whose data is damaged), ``truncated`` (the file ends before its format's end marker or declared size),
-``too_many_pixels`` (checked from the header, before pixels are decoded). Truncation is read from the file itself
-(JPEG, PNG, GIF, WebP, BMP), not from the decoder's message, which also says "truncated" for a segment length
-that runs past the end of a complete file. Truncated files stay errors: ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is
-never set. Conversions to RGB: CMYK; L/LA/P/PA/1; alpha composited onto
+Reasons: ``no_image`` (an empty image cell), ``missing_file`` (a dangling symlink included), ``not_a_file`` (a
+folder, a FIFO, a device), ``symlink_loop``, ``zero_byte``, ``unreadable`` (not an image: no known format),
+``corrupt_image`` (an image format whose data is damaged), ``truncated`` (the file ends before its format's end
+marker or declared size), ``too_many_pixels`` (checked from the header, before pixels are decoded). Truncation is
+read from the file itself (JPEG, PNG, GIF, WebP, BMP), not from the decoder's message, which also says "truncated"
+for a segment length that runs past the end of a complete file. Truncated files stay errors:
+``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is never set. Conversions to RGB: CMYK; L/LA/P/PA/1; alpha composited onto
 white; 16-bit (``I;16*``) and 32-bit integer (``I``) scaled to 8 bits (divide by 257, no clipping); float
 (``F``) scaled from [0, 1] (or its min-max range when outside).
 """
