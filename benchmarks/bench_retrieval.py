@@ -94,7 +94,7 @@ def worker(method: str, data: Path, chunk_size: int) -> None:
     """
     from clipforge.eval.retrieval import retrieval_metrics  # imported by both methods: same baseline
 
-    img, txt, mapping = torch.load(data)
+    img, txt, mapping = torch.load(data, weights_only=True)
     baseline = _max_rss_mb()
     start = time.perf_counter()
     if method == "chunked":

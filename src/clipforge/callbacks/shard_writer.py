@@ -6,10 +6,20 @@ temporary name and renamed once all of its rows are in, so a file on disk is alw
 the same folder, finished shards are skipped (the datamodule leaves their rows out), so a job killed at any point
 resumes without losing or duplicating rows. Under DDP each rank takes the disjoint shards ``i % world == rank``.
 
+``pt`` shards hold plain data only (tensors, numbers, strings, lists, dicts: other values are stored as
+:func:`~clipforge.data.records.jsonable` makes them) and are read with ``torch.load(weights_only=True)``, so a
+crafted shard in a folder given as input (``data.*.text_embeddings``) cannot run code: it is refused with one line.
+
 A row whose image failed is an error row ``{"key", "error": reason}`` in its shard, so every input row is
 accounted for; the merged table holds the good rows, ``errors.jsonl`` the others. ``_plan.json`` records the
 shard plan (row keys per shard): resuming into a folder whose plan differs (another input, another shard size)
 is refused instead of mixing outputs.
+
+One job at a time: the writer holds the folder's :class:`~clipforge.utils.locks.FolderLock` (``_lock``) from
+setup to teardown, so a second live job on the same folder is refused with one line naming the folder and the
+holder's pid, while a lock left by a killed job (``kill -9``) is free again and its rerun resumes. Temporary
+files carry the writer's pid and a random tag, so no two writers ever share one; the holder of the lock removes
+the ones killed writers left behind.
 """
 
 from __future__ import annotations
@@ -18,6 +28,8 @@ import hashlib
 import json
 import logging
 import os
+import pickle
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -25,15 +37,42 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from clipforge.data.errors import DataConfigError
 from clipforge.data.records import jsonable
+from clipforge.utils.checkpoint import refusal_detail
+from clipforge.utils.locks import FolderLock
 
 log = logging.getLogger("clipforge.generate")
 
 FORMATS = {"jsonl": ".jsonl", "parquet": ".parquet", "pt": ".pt"}
 
 
+def _tmp_name(path: str) -> str:
+    """A temporary name beside ``path`` that no other writer uses (pid and a random tag)."""
+    return f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+
+
+def _write_json(obj: Any, path: str, **kwargs) -> None:
+    tmp = _tmp_name(path)
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, **kwargs)
+    os.replace(tmp, path)
+
+
+def _plain(value: Any, dtype: torch.dtype) -> Any:
+    """A ``pt`` shard value: tensors on CPU (floating ones as ``dtype``), containers recursed, the rest jsonable."""
+    if torch.is_tensor(value):
+        value = value.detach().to("cpu")
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, dtype) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v, dtype) for v in value]
+    return jsonable(value)
+
+
 def _rows_to_file(rows: list[dict], path: str, fmt: str, dtype: torch.dtype) -> None:
-    tmp = path + ".tmp"
+    tmp = _tmp_name(path)
     if fmt == "jsonl":
         with open(tmp, "w", encoding="utf-8") as f:
             for row in rows:
@@ -44,19 +83,16 @@ def _rows_to_file(rows: list[dict], path: str, fmt: str, dtype: torch.dtype) -> 
 
         pq.write_table(pa.Table.from_pylist([jsonable(r) for r in rows]), tmp)
     else:
-        rows = [
-            {
-                k: (v.detach().to("cpu", dtype) if torch.is_tensor(v) and v.is_floating_point() else v)
-                for k, v in r.items()
-            }
-            for r in rows
-        ]
-        torch.save(rows, tmp)
+        torch.save([_plain(r, dtype) for r in rows], tmp)
     os.replace(tmp, path)
 
 
 def read_shard(path: str) -> list[dict]:
-    """Rows of one output shard (``.jsonl``, ``.parquet`` or ``.pt``), error rows included."""
+    """Rows of one output shard (``.jsonl``, ``.parquet`` or ``.pt``), error rows included.
+
+    Raises:
+        DataConfigError: a ``.pt`` file holding anything but plain data (it is never unpickled further).
+    """
     if path.endswith(".jsonl"):
         with open(path, encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
@@ -64,7 +100,13 @@ def read_shard(path: str) -> list[dict]:
         import pyarrow.parquet as pq
 
         return [{k: v for k, v in r.items() if v is not None} for r in pq.read_table(path).to_pylist()]
-    return torch.load(path, weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise DataConfigError(
+            f"{path}: not a plain-data shard ({refusal_detail(e)}); shards are read with weights_only=True and "
+            "never run code: regenerate the folder with clipforge-generate"
+        ) from None
 
 
 def shard_files(dirpath: str) -> list[str]:
@@ -122,6 +164,7 @@ class ShardWriter(BasePredictionWriter):
         self._expected: dict[str, int] = {}
         self._shard_of: dict[str, str] = {}
         self._order: dict[str, int] = {}
+        self._lock = FolderLock(dirpath)
         self.rows_written = 0
         self.merged = False  # set by merge(); reset when a predict run is set up
 
@@ -136,6 +179,23 @@ class ShardWriter(BasePredictionWriter):
             raise RuntimeError("ShardWriter needs a datamodule with a predict plan (ImageTextDataModule)")
         return dm
 
+    def _prepare(self, digest: dict[str, str]) -> None:
+        """Rank 0, holding the lock: check or write the plan, remove temporary files of killed writers."""
+        plan_file = os.path.join(self.dirpath, "_plan.json")
+        if os.path.exists(plan_file):
+            with open(plan_file, encoding="utf-8") as f:
+                old = json.load(f)
+            if old != digest:
+                raise RuntimeError(
+                    f"{self.dirpath} holds shards of another input or shard size; write to a new folder "
+                    "(paths.output_dir=...) or delete it"
+                )
+        else:
+            _write_json(digest, plan_file)
+        for name in os.listdir(self.dirpath):
+            if name.endswith(".tmp"):
+                os.remove(os.path.join(self.dirpath, name))
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "predict":
             return
@@ -143,26 +203,32 @@ class ShardWriter(BasePredictionWriter):
         dm = self._datamodule(trainer)
         plan = dm.predict_plan()
         digest = {s.name: _plan_digest(s.keys) for s in plan}
-        plan_file = os.path.join(self.dirpath, "_plan.json")
+        refusal: Exception | None = None
         if trainer.is_global_zero:
-            os.makedirs(self.dirpath, exist_ok=True)
-            if os.path.exists(plan_file):
-                with open(plan_file, encoding="utf-8") as f:
-                    old = json.load(f)
-                if old != digest:
-                    raise RuntimeError(
-                        f"{self.dirpath} holds shards of another input or shard size; write to a new folder "
-                        "(paths.output_dir=...) or delete it"
-                    )
-            else:
-                with open(plan_file + ".tmp", "w", encoding="utf-8") as f:
-                    json.dump(digest, f)
-                os.replace(plan_file + ".tmp", plan_file)
+            try:
+                self._lock.acquire()
+                self._prepare(digest)
+            except RuntimeError as e:  # FolderLockedError, or a folder of another plan
+                self._lock.release()
+                refusal = e
+        refusal = trainer.strategy.broadcast(refusal, src=0)  # every rank stops, none waits at the barrier
+        if refusal is not None:
+            raise refusal
         trainer.strategy.barrier("shard_writer.setup")
         done = {os.path.basename(p).split(".")[0] for p in shard_files(self.dirpath)}
         if done:
             log.info("%s: %d of %d shards already written; skipping them", self.dirpath, len(done), len(plan))
         dm.set_done_predict_shards(done)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "predict":
+            self._lock.release()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        while self._lock.held:
+            self._lock.release()
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         mine = self._datamodule(trainer).assigned_predict_shards
@@ -214,6 +280,10 @@ class ShardWriter(BasePredictionWriter):
         self.merged = True
         if not trainer.is_global_zero:
             return
+        with self._lock:  # already held inside a predict run; taken again by a merge-only rerun
+            self._merge(trainer, pl_module)
+
+    def _merge(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         plan = self._datamodule(trainer).predict_plan()
         missing = [s.name for s in plan if not os.path.exists(self._path(s.name))]
         if missing:
@@ -234,6 +304,5 @@ class ShardWriter(BasePredictionWriter):
         hook = getattr(pl_module, "on_predictions_merged", None)
         if callable(hook):
             summary.update(hook(rows, out_dir) or {})
-        with open(os.path.join(out_dir, "summary.json"), "w", encoding="utf-8") as f:
-            json.dump(jsonable(summary), f, indent=2)
+        _write_json(jsonable(summary), os.path.join(out_dir, "summary.json"), indent=2)
         log.info("generate summary: %s", json.dumps(jsonable(summary)))

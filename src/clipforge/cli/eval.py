@@ -14,7 +14,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from clipforge.cli.train import build
+from clipforge.cli.train import build, weights_only
+from clipforge.utils.checkpoint import refuse_untrusted
 from clipforge.utils.hydra import CONF_DIR
 from clipforge.utils.task import flat_metrics, print_metrics, task_wrapper, write_metrics, write_run_files
 
@@ -27,9 +28,11 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     trainer, model, datamodule = objects["trainer"], objects["model"], objects["datamodule"]
     stage = "test" if getattr(datamodule, "has_test", False) else "validate"
     metrics: dict[str, float] = {}
-    for r in getattr(trainer, stage)(
-        model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=False
-    ):
+    with refuse_untrusted(cfg.ckpt_path):
+        results = getattr(trainer, stage)(
+            model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=weights_only(cfg)
+        )
+    for r in results:
         metrics.update(flat_metrics(r))
     if trainer.is_global_zero:
         write_metrics(metrics, cfg.paths.output_dir)

@@ -9,7 +9,8 @@ import hydra
 from omegaconf import DictConfig
 
 from clipforge.callbacks.shard_writer import ShardWriter
-from clipforge.cli.train import build
+from clipforge.cli.train import build, weights_only
+from clipforge.utils.checkpoint import refuse_untrusted
 from clipforge.utils.hydra import CONF_DIR
 from clipforge.utils.task import task_wrapper, write_run_files
 
@@ -20,13 +21,14 @@ def generate(cfg: DictConfig) -> tuple[dict, dict]:
     write_run_files(cfg, cfg.paths.output_dir)
     objects = build(cfg)
     trainer = objects["trainer"]
-    trainer.predict(
-        objects["model"],
-        datamodule=objects["datamodule"],
-        ckpt_path=cfg.get("ckpt_path"),
-        return_predictions=False,
-        weights_only=False,
-    )
+    with refuse_untrusted(cfg.get("ckpt_path")):
+        trainer.predict(
+            objects["model"],
+            datamodule=objects["datamodule"],
+            ckpt_path=cfg.get("ckpt_path"),
+            return_predictions=False,
+            weights_only=weights_only(cfg),
+        )
     for (
         callback
     ) in trainer.callbacks:  # every shard already written: no predict loop ran, merge what is there

@@ -12,12 +12,11 @@ import logging
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from clipforge.callbacks.checkpoint import MetricsState, PlainHyperparameters
+from clipforge.utils.checkpoint import refuse_untrusted, trusts_checkpoints
 from clipforge.utils.hydra import CONF_DIR, instantiate_dict
-
-# Checkpoints hold hparams with tower specs and optimizer builders (pickled objects), so they load with
-# weights_only=False: load checkpoints you or your runs wrote, not untrusted files.
 from clipforge.utils.task import (
     flat_metrics,
     log_hyperparameters,
@@ -31,12 +30,19 @@ log = logging.getLogger("clipforge")
 
 
 def build(cfg: DictConfig) -> dict:
-    """Instantiate datamodule, model, callbacks, loggers and trainer from a composed config."""
+    """Instantiate datamodule, model, callbacks, loggers and trainer from a composed config.
+
+    The callbacks of ``cfg.callbacks`` come first, then the ones every run has
+    (:mod:`clipforge.callbacks.checkpoint`: plain hyper-parameters, metrics in checkpoints).
+    """
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
-    callbacks = instantiate_dict(cfg.get("callbacks"), "callback")
+    plain = PlainHyperparameters(
+        OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.data, resolve=True)
+    )
+    callbacks = [*instantiate_dict(cfg.get("callbacks"), "callback"), plain, MetricsState()]
     loggers = instantiate_dict(cfg.get("logger"), "logger")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
     return {
@@ -48,6 +54,12 @@ def build(cfg: DictConfig) -> dict:
     }
 
 
+def weights_only(cfg: DictConfig) -> bool:
+    """How the job loads checkpoints: ``weights_only=True`` unless ``trust_checkpoint`` (or the environment, see
+    :mod:`clipforge.utils.checkpoint`) opts in to unrestricted unpickling."""
+    return not trusts_checkpoints(cfg.get("trust_checkpoint"))
+
+
 @task_wrapper
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Fit, then validate (or test, when ``data.test`` is set) the best checkpoint; write ``metrics.json``."""
@@ -56,15 +68,21 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     objects = build(cfg)
     model, datamodule, trainer = objects["model"], objects["datamodule"], objects["trainer"]
     log_hyperparameters(trainer, cfg)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
-    metrics = flat_metrics(trainer.callback_metrics)
+    with refuse_untrusted(cfg.get("ckpt_path")):
+        trainer.fit(
+            model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=weights_only(cfg)
+        )
+    # a resumed run logs only what it trained: the checkpoint's metrics (a finished run's, all) fill in the rest
+    state = next(c for c in trainer.callbacks if isinstance(c, MetricsState))
+    metrics = {**state.restored, **flat_metrics(trainer.callback_metrics)}
     if cfg.get("evaluate", True) and not trainer.fast_dev_run:
         ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
         stage = "test" if getattr(datamodule, "has_test", False) else "validate"
         log.info("evaluating %s (%s)", ckpt or "the final weights", stage)
-        results = getattr(trainer, stage)(
-            model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=False
-        )
+        with refuse_untrusted(ckpt):
+            results = getattr(trainer, stage)(
+                model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=weights_only(cfg)
+            )
         for r in results:
             metrics.update(flat_metrics(r))
     if trainer.is_global_zero:

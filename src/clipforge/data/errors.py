@@ -26,4 +26,14 @@ class ImageLoadError(Exception):
         self.detail = detail
 
 
-IMAGE_ERROR_REASONS = ("missing_file", "zero_byte", "unreadable", "truncated", "too_many_pixels")
+IMAGE_ERROR_REASONS = (
+    "no_image",
+    "missing_file",
+    "not_a_file",
+    "symlink_loop",
+    "zero_byte",
+    "unreadable",
+    "corrupt_image",
+    "truncated",
+    "too_many_pixels",
+)

@@ -1,7 +1,11 @@
 """Image loading: any ``ImageRef`` -> an RGB ``PIL.Image``, or an ``ImageLoadError`` with a reason.
 
-Reasons: ``missing_file``, ``zero_byte``, ``unreadable`` (not an image, corrupt), ``truncated``,
-``too_many_pixels`` (checked from the header, before pixels are decoded). Truncated files stay errors:
+Reasons: ``no_image`` (an empty image cell), ``missing_file`` (a dangling symlink included), ``not_a_file`` (a
+folder, a FIFO, a device), ``symlink_loop``, ``zero_byte``, ``unreadable`` (not an image: no known format),
+``corrupt_image`` (an image format whose data is damaged), ``truncated`` (the file ends before its format's end
+marker or declared size), ``too_many_pixels`` (checked from the header, before pixels are decoded). Truncation is
+read from the file itself (JPEG, PNG, GIF, WebP, BMP), not from the decoder's message, which also says "truncated"
+for a segment length that runs past the end of a complete file. Truncated files stay errors:
 ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is never set. Conversions to RGB: CMYK; L/LA/P/PA/1; alpha composited onto
 white; 16-bit (``I;16*``) and 32-bit integer (``I``) scaled to 8 bits (divide by 257, no clipping); float
 (``F``) scaled from [0, 1] (or its min-max range when outside).
@@ -9,9 +13,12 @@ white; 16-bit (``I;16*``) and 32-bit integer (``I``) scaled to 8 bits (divide by
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import os
+import stat
+import struct
 import warnings
 
 import numpy as np
@@ -25,13 +32,16 @@ DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb threshold
 
 
 def read_tar_member(ref: TarMemberRef) -> bytes:
-    """The bytes of a tar member, by seeking to its data offset."""
+    """The bytes of a tar member, by seeking to its data offset (``truncated`` if the shard ends inside it)."""
     try:
         with open(ref.tar, "rb") as f:
             f.seek(ref.offset)
-            return f.read(ref.size)
+            data = f.read(ref.size)
     except FileNotFoundError as e:
         raise ImageLoadError("missing_file", ref.tar) from e
+    if len(data) < ref.size:
+        raise ImageLoadError("truncated", f"{ref.tar}@{ref.offset}: {len(data)} of {ref.size} bytes")
+    return data
 
 
 @functools.lru_cache(maxsize=8)
@@ -48,11 +58,11 @@ def read_hf_cell(ref: HFImageRef) -> bytes | str:
     except FileNotFoundError as e:
         raise ImageLoadError("missing_file", ref.path) from e
     cell = table.column(ref.column)[0].as_py() or {}
-    if cell.get("bytes"):
+    if cell.get("bytes") is not None:  # b"" included: a zero_byte image, not a missing one
         return cell["bytes"]
     if cell.get("path"):
         return cell["path"]
-    raise ImageLoadError("missing_file", f"{ref.path}#{ref.row}: empty image cell")
+    raise ImageLoadError("no_image", f"{ref.path}#{ref.row}: empty image cell")
 
 
 def _scale_to_uint8(arr: np.ndarray, is_int16: bool) -> np.ndarray:
@@ -90,6 +100,83 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _format_of(head: bytes) -> str | None:
+    """Image format from the file's magic bytes (the formats whose end can be checked), else ``None``."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:2] == b"BM" and len(head) >= 6:
+        return "BMP"
+    return None
+
+
+def _head_tail_size(source: io.BytesIO | str) -> tuple[bytes, bytes, int]:
+    if isinstance(source, str):
+        with open(source, "rb") as f:
+            head = f.read(16)
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - 16))
+            return head, f.read(16), size
+    data = source.getvalue()
+    return data[:16], data[-16:], len(data)
+
+
+def cut_short(source: io.BytesIO | str) -> bool | None:
+    """Whether an encoded image ends before its format's end: JPEG's EOI marker, PNG's IEND chunk, GIF's
+    trailer, or the size WebP (RIFF) and BMP headers declare. ``None`` when the format is none of these."""
+    head, tail, size = _head_tail_size(source)
+    fmt = _format_of(head)
+    tail = tail.rstrip(b"\0")  # zero padding after the end marker (some writers pad files)
+    if fmt == "JPEG":
+        return not tail.endswith(b"\xff\xd9")
+    if fmt == "PNG":
+        return not tail.endswith(b"IEND\xaeB`\x82")
+    if fmt == "GIF":
+        return not tail.endswith(b";")
+    if fmt == "WEBP":
+        return size < struct.unpack("<I", head[4:8])[0] + 8
+    if fmt == "BMP":
+        return size < struct.unpack("<I", head[2:6])[0]
+    return None
+
+
+def _decode_error(source: io.BytesIO | str, error: Exception, identified: bool) -> str:
+    """Reason of a file that failed to decode: ``truncated``, ``corrupt_image`` or ``unreadable``.
+
+    ``identified``: PIL recognised the format (the error came while reading its data, not while guessing it).
+    """
+    try:
+        cut = cut_short(source)
+    except OSError:  # the file went away or cannot be read again: judge by the message alone
+        cut = None
+    if cut is None:
+        if not identified:
+            return "unreadable"
+        return "truncated" if "truncat" in str(error).lower() else "corrupt_image"
+    return "truncated" if cut else "corrupt_image"
+
+
+def _check_path(path: str) -> None:
+    """``missing_file``, ``symlink_loop``, ``not_a_file`` or ``zero_byte`` before anything is opened."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError) as e:
+        raise ImageLoadError("missing_file", path) from e
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ImageLoadError("symlink_loop", path) from e
+        raise ImageLoadError("unreadable", f"{path}: {e.strerror}") from e
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageLoadError("not_a_file", path)
+    if st.st_size == 0:
+        raise ImageLoadError("zero_byte", path)
+
+
 def _open_source(ref: ImageRef) -> io.BytesIO | str:
     if isinstance(ref, HFImageRef):
         ref = read_hf_cell(ref)
@@ -103,10 +190,7 @@ def _open_source(ref: ImageRef) -> io.BytesIO | str:
         return io.BytesIO(ref)
     if isinstance(ref, str | os.PathLike):
         path = os.fspath(ref)
-        if not os.path.isfile(path):
-            raise ImageLoadError("missing_file", path)
-        if os.path.getsize(path) == 0:
-            raise ImageLoadError("zero_byte", path)
+        _check_path(path)
         return path
     raise ImageLoadError("missing_file", f"no image reference ({type(ref).__name__})")
 
@@ -122,8 +206,8 @@ def load_image(ref: ImageRef, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         An RGB image whose pixels are loaded.
 
     Raises:
-        ImageLoadError: with ``reason`` ``missing_file``, ``zero_byte``, ``unreadable``, ``truncated`` or
-            ``too_many_pixels``.
+        ImageLoadError: with ``reason`` one of :data:`~clipforge.data.errors.IMAGE_ERROR_REASONS` (see the
+            module docstring).
     """
     if isinstance(ref, SyntheticRef):
         from clipforge.data.synthetic import render
@@ -148,10 +232,9 @@ def load_image(ref: ImageRef, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise ImageLoadError("too_many_pixels", f"{where}: {e}") from e
         except UnidentifiedImageError as e:
-            raise ImageLoadError("unreadable", f"{where}: {e}") from e
+            raise ImageLoadError(_decode_error(source, e, identified=False), f"{where}: {e}") from e
         except (OSError, SyntaxError, ValueError, EOFError) as e:
-            reason = "truncated" if "truncat" in str(e).lower() else "unreadable"
-            raise ImageLoadError(reason, f"{where}: {e}") from e
+            raise ImageLoadError(_decode_error(source, e, identified=True), f"{where}: {e}") from e
 
 
 class DefaultImageTransform(ImageTransform):

@@ -4,7 +4,9 @@ A run dir holds ``config.yaml`` (resolved job config), ``run.cli.yaml``, ``metri
 ``checkpoints/`` and ``.hydra/overrides.yaml``. A multirun dir holds one such run dir per job (``0/``, ``1/``...).
 A ``clipforge-pipeline`` run folder (``pipeline.json``, ``state.json``, ``lineage.jsonl``, ``comparison.json``...)
 is read by :func:`load_pipeline`. Nothing here composes ``paths``/``hydra`` configs, so it works anywhere the files
-are.
+are. Checkpoints are read with ``weights_only=True`` (:func:`~clipforge.utils.checkpoint.load_checkpoint`);
+``trust_checkpoint=True`` (or ``CLIPFORGE_TRUST_CHECKPOINT=1``) is the opt-in for trusted files that hold pickled
+objects.
 """
 
 from __future__ import annotations
@@ -52,17 +54,21 @@ def _read_overrides(run_dir: str) -> list[str]:
         return list(yaml.safe_load(f) or [])
 
 
-def find_checkpoint(run_dir: str, which: str = "best") -> str | None:
+def find_checkpoint(run_dir: str, which: str = "best", trust_checkpoint: bool = False) -> str | None:
     """Path of the ``best`` or ``last`` checkpoint of a run (``best`` is read from ``last.ckpt``'s
-    ModelCheckpoint state, falling back to ``last``), or ``None`` if the run saved none."""
-    import torch  # imported here: pipeline runs and sweeps load without it
+    ModelCheckpoint state, falling back to ``last``), or ``None`` if the run saved none.
+
+    Raises:
+        UntrustedCheckpointError: ``last.ckpt`` needs unrestricted unpickling and ``trust_checkpoint`` is off.
+    """
+    from clipforge.utils.checkpoint import load_checkpoint  # imports torch: pipeline runs and sweeps load without it
 
     last = os.path.join(run_dir, "checkpoints", "last.ckpt")
     if not os.path.exists(last):
         return None
     if which == "last":
         return last
-    state = torch.load(last, map_location="cpu", weights_only=False)
+    state = load_checkpoint(last, trust_checkpoint)
     for key, value in state.get("callbacks", {}).items():
         # the monitored ModelCheckpoint (last_checkpoint has no monitor: its "best" is last.ckpt itself)
         if key.startswith("ModelCheckpoint") and value.get("monitor") and value.get("best_model_path"):
@@ -73,30 +79,37 @@ def find_checkpoint(run_dir: str, which: str = "best") -> str | None:
     return last
 
 
-def load_run(run_dir: str, checkpoint: str | None = "best", build: bool = True) -> Run:
+def load_run(
+    run_dir: str, checkpoint: str | None = "best", build: bool = True, trust_checkpoint: bool = False
+) -> Run:
     """Load a run; with ``build`` also rebuild its model (weights from ``checkpoint``) and datamodule.
 
     Args:
         run_dir: the run's output dir.
         checkpoint: ``best``, ``last``, a checkpoint path, or ``None`` (config and metrics only, random weights).
         build: instantiate the model and datamodule from the resolved config.
+        trust_checkpoint: load the checkpoint with ``weights_only=False`` (only for files you trust).
+
+    Raises:
+        UntrustedCheckpointError: the checkpoint needs unrestricted unpickling and ``trust_checkpoint`` is off.
     """
     cfg = OmegaConf.load(os.path.join(run_dir, "config.yaml"))
     run = Run(str(run_dir), cfg, _read_json(os.path.join(run_dir, "metrics.json")), _read_overrides(run_dir))
     if checkpoint in ("best", "last"):
-        run.checkpoint = find_checkpoint(run_dir, checkpoint)
+        run.checkpoint = find_checkpoint(run_dir, checkpoint, trust_checkpoint)
     elif checkpoint:
         run.checkpoint = checkpoint
     if build:
-        import torch
         from hydra.utils import instantiate
+
+        from clipforge.utils.checkpoint import load_checkpoint
 
         run.model = instantiate(cfg.model, _convert_="all")
         run.datamodule = instantiate(cfg.data, _convert_="all")
         if hasattr(run.model, "configure_model"):
             run.model.configure_model()
         if run.checkpoint:
-            state = torch.load(run.checkpoint, map_location="cpu", weights_only=False)
+            state = load_checkpoint(run.checkpoint, trust_checkpoint)
             run.model.load_state_dict(state["state_dict"], strict=getattr(run.model, "strict_loading", True))
         run.model.eval()
     return run

@@ -22,16 +22,19 @@ log = logging.getLogger("clipforge")
 def task_wrapper(
     task: Callable[[DictConfig], tuple[dict, dict]],
 ) -> Callable[[DictConfig], tuple[dict, dict]]:
-    """Turn data-config errors into one clear line and always close experiment trackers (wandb) so the next
-    job of a multirun starts clean."""
+    """Turn data-config errors and refusals (an output folder another live job writes, a checkpoint that needs
+    unrestricted unpickling) into one clear line (exit status 2) and always close experiment trackers (wandb) so
+    the next job of a multirun starts clean."""
 
     @functools.wraps(task)
     def wrapped(cfg: DictConfig) -> tuple[dict, dict]:
         from clipforge.data.errors import DataConfigError
+        from clipforge.utils.checkpoint import UntrustedCheckpointError
+        from clipforge.utils.locks import FolderLockedError
 
         try:
             return task(cfg)
-        except DataConfigError as e:
+        except (DataConfigError, FolderLockedError, UntrustedCheckpointError) as e:
             log.error("%s", e)
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)

@@ -10,6 +10,8 @@ Sidecars are other shards holding extra columns for the same keys (``{key}.long_
 caption column with ``caption_fields`` (``long_caption`` or ``long_caption.txt``); unselected text columns go to
 ``meta`` as text, other columns as a ``{"tar", "offset", "size"}`` reference. A key that a sidecar lacks keeps
 its row and its other captions; the missing column is a ``missing_sidecar`` error (source ``<sidecar>#<column>``).
+
+A cut, corrupt or repeated member never stops the reader: see :func:`index_tar` for the error records.
 """
 
 from __future__ import annotations
@@ -53,15 +55,67 @@ def shard_files(paths: list[str], where: str) -> list[str]:
     return out
 
 
-def index_tar(path: str) -> dict[str, dict[str, bytes | TarMemberRef]]:
-    """``{key: {column: content bytes (text/json columns) or TarMemberRef}}`` of one shard, in member order."""
+def _end_of_members(path: str, offset: int, size: int) -> str | None:
+    """Reason when what follows the last readable header at ``offset`` is not a clean end of archive: nothing
+    or a partial block (``truncated_tar``), or bytes that are no tar header (``corrupt_tar``); else ``None``."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        block = f.read(tarfile.BLOCKSIZE)
+    if len(block) < tarfile.BLOCKSIZE:
+        return "truncated_tar"
+    return None if block == bytes(tarfile.BLOCKSIZE) else "corrupt_tar"
+
+
+def index_tar(
+    path: str, errors: list[ErrorRecord] | None = None
+) -> dict[str, dict[str, bytes | TarMemberRef]]:
+    """``{key: {column: content bytes (text/json columns) or TarMemberRef}}`` of one shard, in member order.
+
+    Faults are error records appended to ``errors``, never exceptions: a shard that ends early (a copy or a
+    download cut short) keeps every sample whose members are all complete, and the sample being cut is a
+    ``truncated_tar`` error (keyed ``<shard>@<offset>``, source ``<tar>@<offset>``, when the cut leaves no member
+    name: inside a header, or only the end-of-archive blocks missing); bytes that are no tar header after the
+    last member are ``corrupt_tar``; a shard that is no tar at all is ``unreadable_tar``. A member repeating a
+    column its key already has (a sample written twice) is a ``duplicate_key`` error: the first sample is kept
+    and no later member of that key in this shard is read.
+    """
+    errors = [] if errors is None else errors
     out: dict[str, dict[str, bytes | TarMemberRef]] = {}
-    with tarfile.open(path, "r:") as tf:
-        for member in tf:
+    name, size = os.path.basename(path), os.path.getsize(path)
+    try:
+        tf = tarfile.open(path, "r:")
+    except tarfile.ReadError:
+        reason = "truncated_tar" if 0 < size < tarfile.BLOCKSIZE else "unreadable_tar"
+        errors.append(ErrorRecord(f"{name}@0", reason, f"{path}@0"))
+        return out
+    repeated: set[str] = set()
+    with tf:
+        while True:
+            try:
+                member = tf.next()  # never past the end of the file: a cut member stops the loop below
+            except tarfile.ReadError:  # a header that announces a bad extended header (pax, GNU long name)
+                errors.append(ErrorRecord(f"{name}@{tf.offset}", "corrupt_tar", f"{path}@{tf.offset}"))
+                break
+            if member is None:
+                reason = _end_of_members(path, tf.offset, size)
+                if reason:
+                    errors.append(ErrorRecord(f"{name}@{tf.offset}", reason, f"{path}@{tf.offset}"))
+                break
             match = _KEY_EXT.match(member.name) if member.isfile() else None
+            if member.isfile() and member.offset_data + member.size > size:
+                key = match.group(1) if match else f"{name}@{member.offset}"
+                out.pop(key, None)  # the sample being written when the shard was cut
+                errors.append(ErrorRecord(key, "truncated_tar", f"{path}#{member.name}"))
+                break
             if match is None:
                 continue
             key, column = match.group(1), match.group(2).lower()
+            if key in repeated:
+                continue
+            if column in out.get(key, {}):
+                repeated.add(key)
+                errors.append(ErrorRecord(key, "duplicate_key", f"{path}#{member.name}"))
+                continue
             if _is_inline(column):
                 value: bytes | TarMemberRef = tf.extractfile(member).read()
             else:
@@ -87,7 +141,7 @@ def read_wds(builder: RecordBuilder, paths: list[str], where: str) -> None:
     for tar in shard_files(paths, where):
         if os.path.abspath(tar) in exclude:
             continue
-        for key, cols in index_tar(tar).items():
+        for key, cols in index_tar(tar, builder.errors).items():
             if key in samples:
                 builder.errors.append(ErrorRecord(key, "duplicate_key", f"{tar}#{key}"))
                 continue
@@ -95,7 +149,7 @@ def read_wds(builder: RecordBuilder, paths: list[str], where: str) -> None:
     for side, files in zip(spec.sidecars, side_files):
         side_index: dict[str, dict] = {}
         for tar in files:
-            for key, cols in index_tar(tar).items():
+            for key, cols in index_tar(tar, builder.errors).items():
                 side_index.setdefault(key, {}).update(cols)
         columns = sorted({c for cols in side_index.values() for c in cols})
         for key, cols in samples.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -9,15 +10,27 @@ from collections.abc import Iterable
 
 import lightning as L
 
-__all__ = ["predict_image_paths", "write_jsonl"]
+__all__ = ["image_file_name", "predict_image_paths", "write_jsonl"]
+
+
+def image_file_name(key: str) -> str:
+    """``<readable key>-<16 hex digits of its SHA-256>.png``: one file name per key.
+
+    The readable part replaces every character outside ``[A-Za-z0-9_.-]`` by ``_`` (at most 64 of them), so
+    ``a/b``, ``a_b`` and ``a?b`` read alike; the hash of the exact key keeps them apart, on case-insensitive file
+    systems too (``A_B`` and ``a_b`` differ in their hashes).
+    """
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', key)[:64]}-{digest}.png"
 
 
 def predict_image_paths(module: L.LightningModule, output_dir: str) -> dict[str, str | None]:
     """Sample key -> image file of the attached datamodule's predict set.
 
     Images that are not files (encoded bytes, tar members, HF cells, synthetic images) are written once to
-    ``<output_dir>/images/<key>.png`` so that a JSONL written by the job can point at every image; an image that
-    cannot be read maps to ``None``.
+    ``<output_dir>/images/`` (named by :func:`image_file_name`, one file per key) so that a JSONL written by the job
+    can point at every image; a file already there (a rerun) is reused; an image that cannot be read maps to
+    ``None``.
     """
     from clipforge.data.errors import ImageLoadError
     from clipforge.data.images import load_image
@@ -29,7 +42,7 @@ def predict_image_paths(module: L.LightningModule, output_dir: str) -> dict[str,
         if isinstance(record.image, str):
             out[record.key] = os.path.abspath(record.image)
             continue
-        path = os.path.join(output_dir, "images", re.sub(r"[^\w.-]", "_", record.key) + ".png")
+        path = os.path.join(output_dir, "images", image_file_name(record.key))
         try:
             if not os.path.exists(path):
                 os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -6,7 +6,8 @@ parse_output`, so any model that writes roughly the official JSON works); phase 
 
 * :class:`ChatTeacher`: any OpenAI-compatible ``/chat/completions`` endpoint (OpenAI, vLLM, llama.cpp server,
   Ollama ...), called with ``urllib`` from a thread pool. The API key is read from an environment variable at
-  request time and never stored, logged or written to a config.
+  request time and never stored, logged or written to a config, and it never leaves the endpoint's origin: a
+  redirect to another scheme, host or port is refused (the call fails with an error naming both origins).
 * :class:`CaptionerTeacher`: local captioner backends (:class:`~clipforge.models.captioners.base.Captioner`, e.g.
   an ``HFCaptioner`` VLM): one configured with the scoring prompt, one with the rewriting prompt; weak captions
   come from a third captioner or from the offline :class:`~clipforge.tasks.enhance.negatives.NegativeGenerator`.
@@ -23,6 +24,7 @@ import os
 import random
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -116,6 +118,31 @@ class Teacher(abc.ABC):
         """Phase 2: one new caption per pair, high quality where ``high`` is true, low quality elsewhere."""
 
 
+def _origin(url: str) -> str:
+    """``scheme://host:port`` of a URL (default ports filled in, case folded)."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib's redirect handling, refused for another origin: urllib would otherwise resend every header, the
+    ``Authorization`` one included, to wherever a server points."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if _origin(newurl) != _origin(req.full_url):
+            fp.close()
+            raise TeacherError(
+                f"refused redirect (HTTP {code}) from {_origin(req.full_url)} to another origin {_origin(newurl)}: "
+                "credentials are never sent to another origin; set base_url to the address that answers"
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_SameOriginRedirects)
+
+
 def _data_url(image: Image.Image, max_side: int) -> str:
     image = image.convert("RGB")
     if max(image.size) > max_side:
@@ -180,7 +207,8 @@ class ChatTeacher(Teacher):
         """One request: the image and the text as one user turn; returns the answer text.
 
         Raises:
-            TeacherError: the request failed after ``max_retries`` retries, or the answer had no text.
+            TeacherError: the request failed after ``max_retries`` retries, the answer had no text, or the server
+                redirected to another origin (not retried).
         """
         body = {
             "model": self.model,
@@ -205,7 +233,7 @@ class ChatTeacher(Teacher):
                 f"{self.base_url}/chat/completions", data=data, headers=self._headers(), method="POST"
             )
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                with _OPENER.open(request, timeout=self.timeout_s) as response:
                     answer = json.loads(response.read().decode("utf-8"))
             except urllib.error.HTTPError as e:
                 last = f"http_{e.code}"

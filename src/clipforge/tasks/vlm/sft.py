@@ -24,6 +24,7 @@ from clipforge.models.captioners.mini_llava import CAPTION_PROMPT
 from clipforge.models.lora import LoraSpec, apply_lora, as_lora_spec
 from clipforge.models.trainable import apply_trainable
 from clipforge.models.vlm import IGNORE_INDEX, VisionLanguageModel, VLMSpec, load_weights
+from clipforge.utils.checkpoint import plain_hyperparameters
 from clipforge.utils.optim import param_groups, resolve_scheduler
 
 log = logging.getLogger("clipforge")
@@ -275,7 +276,7 @@ class VLMSFTModule(L.LightningModule):
         best = getattr(callback, "best_model_path", "") if callback is not None else ""
         live = None
         if best and os.path.exists(best):  # swap the best weights in for the export, then back
-            state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
             current = self.state_dict()
             live = {k: current[k].detach().clone() for k in state if k in current}
             self.load_state_dict(state, strict=False)  # trainable-only checkpoints: the rest is unchanged
@@ -290,6 +291,7 @@ class VLMSFTModule(L.LightningModule):
         return {n for n, p in self.named_parameters() if p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        plain_hyperparameters(checkpoint)  # on_train_end reads the best one back with weights_only=True
         if self.hparams.checkpoint_trainable_only:
             keep = self._trainable_names()
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
