@@ -61,7 +61,8 @@ def find_checkpoint(run_dir: str, which: str = "best", trust_checkpoint: bool = 
     Raises:
         UntrustedCheckpointError: ``last.ckpt`` needs unrestricted unpickling and ``trust_checkpoint`` is off.
     """
-    from clipforge.utils.checkpoint import load_checkpoint  # imports torch: pipeline runs and sweeps load without it
+    # imported here (it imports torch): pipeline runs and sweeps load without it
+    from clipforge.utils.checkpoint import load_checkpoint
 
     last = os.path.join(run_dir, "checkpoints", "last.ckpt")
     if not os.path.exists(last):
