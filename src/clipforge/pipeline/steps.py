@@ -6,7 +6,8 @@ of the pipeline's ``data`` config, and the paths that earlier jobs wrote. Nothin
 
 Held-out protocol: with ``pipeline.folds = k >= 2`` every image key is held out by exactly one of ``k`` folds (the
 stable key hash of :mod:`clipforge.data.split`); every arm trains once per fold and seed on the other keys and is
-scored on the held-out keys' human captions of the source, so all arms see the same images, seeds and budget.
+scored on the held-out keys' human captions of the source, so all arms see the same images, seeds and budget. The
+held-out images are a test set: no checkpoint is chosen on them (the last epoch's weights are evaluated once).
 With ``folds: 0`` one split is made by ``data.holdout_fraction`` (or by an explicit ``data.val`` source).
 """
 
@@ -43,6 +44,10 @@ SPEC_KEYS = (
     "limit",
 )
 """Source fields handed to every job (the rest of a spec is the job's own: split, embeddings, name)."""
+
+
+HELD_OUT_ONLY_AT_END = 1_000_000
+"""``check_val_every_n_epoch`` of the arms: never during training; the entry point evaluates the last weights."""
 
 
 @dataclass(frozen=True)
@@ -250,6 +255,10 @@ def plan_jobs(cfg: DictConfig, run_dir: str) -> Plan:
             *spec_overrides("data.val", {**val_src, **(split.spec("val") if val_src is src else {})}),
             override("data.val.name", "heldout"),
             override("seed", seed),
+            # the held-out images are the test set: no model selection on them, one evaluation of the last epoch
+            override("callbacks.model_checkpoint", None),
+            override("trainer.check_val_every_n_epoch", HELD_OUT_ONLY_AT_END),
+            override("trainer.num_sanity_val_steps", 0),
         ]
         if zero_shot:
             ov.append(override("callbacks.zero_shot.data", {"path": "demo", **split.spec("val")}))
