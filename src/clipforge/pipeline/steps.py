@@ -195,16 +195,21 @@ def plan_jobs(cfg: DictConfig, run_dir: str) -> Plan:
         if enhancer:
             plan.enhancer = str(enhancer)
         else:
-            align = Job(
-                "enhance/align",
-                "train",
-                node.align.experiment,
-                [*_user_overrides(node.align), *spec_overrides("data.train", src)],
-                os.path.join(step_dir, "enhance_align"),
-                resume_from_checkpoint=True,
-            )
-            aligned = os.path.join(align.output_dir, "mini_llava")
-            plan.add(align, {"export": aligned})
+            aligned, train_after = None, []
+            if node.align.get(
+                "experiment"
+            ):  # caption alignment of the projector first (null: start from scratch)
+                align = Job(
+                    "enhance/align",
+                    "train",
+                    node.align.experiment,
+                    [*_user_overrides(node.align), *spec_overrides("data.train", src)],
+                    os.path.join(step_dir, "enhance_align"),
+                    resume_from_checkpoint=True,
+                )
+                aligned = os.path.join(align.output_dir, "mini_llava")
+                plan.add(align, {"export": aligned})
+                train_after = [align.name]
             train = Job(
                 "enhance/train",
                 "train",
@@ -215,7 +220,7 @@ def plan_jobs(cfg: DictConfig, run_dir: str) -> Plan:
                     override("model.init_from", aligned),
                 ],
                 os.path.join(step_dir, "enhance_train"),
-                after=[align.name],
+                after=train_after,
                 resume_from_checkpoint=True,
             )
             enhancer = os.path.join(train.output_dir, "aitqe")

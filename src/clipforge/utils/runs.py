@@ -244,6 +244,10 @@ def read_lineage(run_dir: str) -> tuple[list[dict], list[str]]:
         import pyarrow.parquet as pq
 
         rows = pq.read_table(parquet).to_pylist()
+        for row in rows:  # the pipeline writes the nested parts as JSON strings (one schema for every row)
+            for k in ("recap", "scored", "final_captions"):
+                if isinstance(row.get(k), str):
+                    row[k] = json.loads(row[k])
     return rows, problems
 
 
