@@ -19,10 +19,11 @@ from collections.abc import Mapping, Sequence
 
 from clipforge.tasks.enhance.prompt import ASPECTS
 
-__all__ = ["build_lineage", "write_lineage"]
+__all__ = ["build_lineage", "read_jsonl", "write_lineage"]
 
 
-def _read_jsonl(path: str | None) -> list[dict]:
+def read_jsonl(path: str | None) -> list[dict]:
+    """Rows of a JSONL file; none when the file is absent (a step that did not run)."""
     if not path or not os.path.exists(path):
         return []
     with open(path, encoding="utf-8") as f:

@@ -13,13 +13,14 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
 from clipforge.pipeline import compare
 from clipforge.pipeline.jobs import JobFailed, run_job
-from clipforge.pipeline.lineage import build_lineage, write_lineage
+from clipforge.pipeline.lineage import build_lineage, read_jsonl, write_lineage
 from clipforge.pipeline.state import RunState, now
 from clipforge.pipeline.steps import Plan, has_val_source, plan_jobs, source_spec, splits
 
@@ -148,20 +149,13 @@ def _lineage(cfg: DictConfig, plan: Plan, run_dir: str) -> dict[str, str]:
     rows = build_lineage(
         records,
         _folds(cfg, records),
-        recap_rows=_read_jsonl(recap),
+        recap_rows=read_jsonl(recap),
         slots=plan.captioners,
-        score_rows=_read_jsonl(score.get("scores")),
-        enhanced_rows=_read_jsonl(score.get("enhanced")),
+        score_rows=read_jsonl(score.get("scores")),
+        enhanced_rows=read_jsonl(score.get("enhanced")),
         enhancer=plan.enhancer or "",
     )
     return write_lineage(rows, run_dir)
-
-
-def _read_jsonl(path: str | None) -> list[dict]:
-    if not path or not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def print_comparison(comparison: Mapping) -> None:
@@ -268,8 +262,6 @@ def run_pipeline(cfg: DictConfig) -> dict:
             outputs.update(state.steps[name]["outputs"])
             continue
         state.begin(name, digest, os.path.join(run_dir, name))
-        import time
-
         start = time.perf_counter()
         try:
             produced = fn()

@@ -13,7 +13,6 @@ With ``folds: 0`` one split is made by ``data.holdout_fraction`` (or by an expli
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -362,8 +361,3 @@ def plan_jobs(cfg: DictConfig, run_dir: str) -> Plan:
                     plan.add(job, {"metrics": os.path.join(job.output_dir, "metrics.json")})
                     plan.arm_runs.setdefault(arm, []).append((split, seed, job.name))
     return plan
-
-
-def read_json(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
