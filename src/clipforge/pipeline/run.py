@@ -124,8 +124,8 @@ def _eval_step(cfg: DictConfig, plan: Plan, run_dir: str) -> dict:
     ]
     if "enhance" in cfg.pipeline.steps:
         notes.append(
-            f"enhancer: {plan.enhancer}; trained in the pipeline, it saw every image of the source (not only the "
-            "training side of each split)."
+            "enhancer: trained in this pipeline on every image of the source (the held-out images of each split "
+            "included); it only changes the training captions of the other images."
             if plan.enhancer == "trained in pipeline"
             else f"enhancer: {plan.enhancer}"
         )
