@@ -5,17 +5,22 @@ Conventions (SPEC §C.7):
 * **image→text is any-hit**: an image scores at ``k`` if *any* of its captions is among its top-``k`` captions
   (Flickr30k / COCO convention, CLIP_benchmark's ``recall > 0``, BLIP's ``itm_eval``).
 * **text→image**: the rank of the caption's single image among all images.
-* **rank = number of strictly greater scores** (0-based). A score that *ties* the positive does not push it down,
-  so ties resolve in the model's favour and the result does not depend on a sort's tie order. Without ties this
-  is exactly the position of the (best) positive in a descending ``argsort``. Caveat: a collapsed encoder (all
-  embeddings equal) ties everywhere and therefore scores 100; watch the training loss / embedding spread.
-* With one caption per image both directions reduce to "is the diagonal in the row's top-k", i.e. R@1 is the
-  argmax protocol of the long-caption benchmarks (ShareGPT4V-1k, Urban-1k, DOCCI) — see :func:`long_text_r1`.
+* **Ties count against the model** (the shared rule of :mod:`clipforge.eval.ranking`): the 0-based rank is the
+  number of *competitors* scoring ``>=`` the positive (NaN included). For image→text the positive is the
+  image's best caption and the competitors are the captions of *other* images — the image's other captions never
+  count against its best one; for text→image the competitors are all other images. Without ties this is exactly
+  the position of the (best) positive in a descending ``argsort``, i.e. CLIP_benchmark's ``recall_at_k``; with
+  ties the result no longer depends on a sort's tie order, and a collapsed encoder (all embeddings equal) gets
+  the worst rank everywhere, R@k = 0.
+* With one caption per image both directions reduce to "the pair beats every other candidate", i.e. R@1 is the
+  long-caption benchmarks' argmax protocol minus its index-order tie-break — see :func:`long_text_r1`.
 
 Memory: scores are computed ``chunk_size`` rows at a time (``chunk_size x N_txt`` for image rows, then
 ``chunk_size x N_img`` for text rows), never the full ``N_img x N_txt`` matrix; the price is one matmul per
-direction (two in all) instead of one. Each direction computes its own full rows, so a positive score and the scores it is compared with come from the *same* matmul call — the ranks
-cannot be flipped by last-ulp differences between two different computations of one dot product.
+direction (two in all) instead of one. Each direction computes its own full rows, so a positive score and the
+scores it is compared with come from the *same* matmul call — the ranks cannot be flipped by last-ulp differences
+between two different computations of one dot product. The other side is held once, transposed and contiguous
+(``D x N``, fp32), which is what the CPU GEMM runs fastest on.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from clipforge.eval.ranking import pessimistic_ranks
 
 __all__ = ["long_text_r1", "retrieval_metrics", "retrieval_ranks"]
 
@@ -59,7 +66,7 @@ def _check_inputs(
 def retrieval_ranks(
     image_features: Tensor, text_features: Tensor, text_to_image: Tensor, chunk_size: int = 1024
 ) -> tuple[Tensor, Tensor]:
-    """0-based ranks of the positives in both directions (number of strictly greater scores).
+    """0-based ranks of the positives in both directions (competitors scoring ``>=`` the positive).
 
     Args:
         image_features: ``(N_img, D)`` L2-normalised image embeddings (any float dtype; upcast per chunk). The
@@ -69,8 +76,9 @@ def retrieval_ranks(
         chunk_size: rows of the score matrix held at once.
 
     Returns:
-        ``(i2t_ranks, t2i_ranks)``: ``(N_img,)`` rank of each image's *best* caption (any-hit) and ``(N_txt,)``
-        rank of each caption's image, both ``int64`` on the CPU.
+        ``(i2t_ranks, t2i_ranks)``: ``(N_img,)`` number of other images' captions scoring ``>=`` each image's
+        *best* caption (any-hit) and ``(N_txt,)`` number of other images scoring ``>=`` each caption's image,
+        both ``int64`` on the CPU.
 
     Raises:
         ValueError: on mismatched shapes, out-of-range indices or an image without captions.
@@ -81,30 +89,29 @@ def retrieval_ranks(
     _check_inputs(image_features, text_features, text_to_image, chunk_size)
     n_img, n_txt = image_features.shape[0], text_features.shape[0]
 
-    # image -> text: full rows of (image chunk x all captions); best positive per image, then count above it
-    texts = text_features.float()  # the whole other side in fp32: O(N * D), not O(N^2)
+    # image -> text: full rows of (image chunk x all captions); positives = the chunk's own captions
+    texts_t = text_features.float().T.contiguous()  # (D, N_txt): O(N * D), not O(N^2)
     order = torch.argsort(text_to_image, stable=True)  # captions grouped by image
     offsets = torch.cumsum(torch.bincount(text_to_image, minlength=n_img), 0).tolist()
     offsets.insert(0, 0)
     i2t = torch.empty(n_img, dtype=torch.long, device=device)
     for start in range(0, n_img, chunk_size):
         stop = min(start + chunk_size, n_img)
-        scores = image_features[start:stop].float() @ texts.T
+        scores = image_features[start:stop].float() @ texts_t
         caps = order[offsets[start] : offsets[stop]]
-        rows = text_to_image[caps] - start
-        best = torch.full((stop - start,), float("-inf"), device=device)
-        best.scatter_reduce_(0, rows, scores[rows, caps], reduce="amax")
-        i2t[start:stop] = (scores > best[:, None]).sum(1)
-    del texts
+        i2t[start:stop] = pessimistic_ranks(scores, text_to_image[caps] - start, caps)
+        del scores
+    del texts_t
 
-    # text -> image: full rows of (caption chunk x all images)
-    images = image_features.float()
+    # text -> image: full rows of (caption chunk x all images); one positive per row
+    images_t = image_features.float().T.contiguous()
     t2i = torch.empty(n_txt, dtype=torch.long, device=device)
     for start in range(0, n_txt, chunk_size):
         stop = min(start + chunk_size, n_txt)
-        scores = text_features[start:stop].float() @ images.T
-        positive = scores.gather(1, text_to_image[start:stop, None])
-        t2i[start:stop] = (scores > positive).sum(1)
+        scores = text_features[start:stop].float() @ images_t
+        rows = torch.arange(stop - start, device=device)
+        t2i[start:stop] = pessimistic_ranks(scores, rows, text_to_image[start:stop])
+        del scores
     return i2t.cpu(), t2i.cpu()
 
 
@@ -115,11 +122,11 @@ def retrieval_metrics(
     ks: Sequence[int] = (1, 5, 10),
     chunk_size: int = 1024,
 ) -> dict[str, float]:
-    """Recall@k in both directions (percent), any-hit for image→text, strictly-greater ranks (module docstring).
+    """Recall@k in both directions (percent), any-hit for image→text, ties counted against (module docstring).
 
-    Memory is ``O(chunk_size * max(N_img, N_txt))`` beyond the inputs; 5k images x 25k captions x 512-d takes
-    a few seconds on two CPU cores. Inputs may be fp16/bf16 (upcast per chunk); the work runs on the device of
-    ``image_features``.
+    Memory is ``O(chunk_size * max(N_img, N_txt) + (N_img + N_txt) * D)`` beyond the inputs; BENCHMARKS.md
+    gives times for 5k x 25k and 50k x 250k captions (512-d) on two CPU cores. Inputs may be fp16/bf16 (upcast
+    per chunk); the work runs on the device of ``image_features``.
 
     Args:
         image_features: ``(N_img, D)`` L2-normalised image embeddings.
@@ -159,8 +166,9 @@ def long_text_r1(
     """One caption per image (row ``i`` of both inputs is a pair): the long-caption benchmarks' protocol.
 
     LLM2CLIP's ``retrieval_global`` (ShareGPT4V-1k, Urban-1k, DOCCI) counts an argmax hit at R@1 and "index in
-    top-k" at R@5/10/25/50; with one caption per image that is :func:`retrieval_metrics` with an identity mapping
-    (ties aside: a tie with the positive counts as a hit here, whereas ``argmax`` picks the first index).
+    top-k" at R@5/10/25/50; with one caption per image that is :func:`retrieval_metrics` with an identity mapping.
+    Ties aside: here a competitor tying the pair counts against it (R@1 needs the pair to beat every other
+    candidate strictly), whereas ``argmax`` / ``topk`` credit whichever tied index comes first.
 
     Args:
         image_features: ``(N, D)`` L2-normalised image embeddings.
