@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import random
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from clipforge.eval.retrieval import long_text_r1, retrieval_metrics, retrieval_ranks
+from clipforge.eval.retrieval import (
+    embedding_spread,
+    is_collapsed,
+    long_text_r1,
+    retrieval_metrics,
+    retrieval_ranks,
+)
+from clipforge.tasks.retrieval import RetrievalAccumulator
 
 # ----------------------------------------------------------------------------------------------------------------
 # references: a plain argsort (tie-free data), a Python loop of the pessimistic tie rule, CLIP_benchmark itself
@@ -326,3 +334,72 @@ def test_invalid_inputs_raise() -> None:
         retrieval_metrics(img, txt, torch.tensor([0, 1, 2, 2]), ks=(0,))
     with pytest.raises(ValueError):
         retrieval_metrics(img, txt, torch.tensor([0, 1, 2, 2]), chunk_size=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# collapse guard
+
+
+def test_embedding_spread_against_the_pairwise_matrix() -> None:
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(37, 6, generator=g) + torch.tensor([2.0, 0, 0, 0, 0, 0])  # not centred: positive cosines
+    unit = F.normalize(x.double(), dim=-1)
+    cos = unit @ unit.T
+    mean_off_diagonal = float((cos.sum() - cos.diagonal().sum()) / (37 * 36))
+    spread = embedding_spread(x)
+    assert spread["mean_cosine"] == pytest.approx(mean_off_diagonal, abs=1e-6)
+    assert spread["max_dim_std"] == pytest.approx(float(unit.std(0).max()), abs=1e-6)
+
+
+def test_is_collapsed() -> None:
+    g = torch.Generator().manual_seed(8)
+    random_features = F.normalize(torch.randn(200, 32, generator=g), dim=-1)
+    assert not is_collapsed(random_features)
+    assert is_collapsed(torch.ones(200, 32))  # identical rows: mean cosine 1, no spread
+    assert is_collapsed(torch.ones(200, 32) + 1e-3 * torch.randn(200, 32, generator=g))  # near-identical
+    assert is_collapsed(torch.zeros(200, 32))  # a dead tower: no direction at all
+    assert is_collapsed(torch.full((200, 32), float("nan")))
+    one_dim = torch.zeros(200, 32)
+    one_dim[:, 0] = torch.randn(200, generator=g).sign()  # +-e0: cosines +-1, mean ~0, but spread on one axis
+    assert not is_collapsed(one_dim)
+    assert not is_collapsed(random_features[:1])  # one row: nothing to compare
+
+
+def _accumulate(img: torch.Tensor, txt: torch.Tensor, per_image: int) -> RetrievalAccumulator:
+    acc = RetrievalAccumulator()
+    n = img.shape[0]
+    for start in range(0, n, 8):  # batches of 8 images with their captions
+        stop = min(start + 8, n)
+        index = torch.arange(stop - start).repeat_interleave(per_image)
+        keys = [f"k{i}" for i in range(start, stop)]
+        acc.update(keys, img[start:stop], txt[start * per_image : stop * per_image], index)
+    return acc
+
+
+def test_accumulator_flags_collapsed_embeddings(caplog) -> None:
+    n = 30
+    img = F.normalize(torch.ones(n, 16), dim=-1)
+    txt = F.normalize(torch.ones(3 * n, 16), dim=-1)
+    with caplog.at_level(logging.WARNING, logger="clipforge.tasks.retrieval"):
+        metrics = _accumulate(img, txt, 3).compute(name="coco")
+    assert metrics["collapsed"] == 1.0
+    assert metrics["i2t_R@1"] == metrics["t2i_R@1"] == 0.0
+    assert any("coco" in r.getMessage() and "collapsed" in r.getMessage() for r in caplog.records)
+    # only one side collapsed is flagged too
+    g = torch.Generator().manual_seed(9)
+    varied = F.normalize(torch.randn(n, 16, generator=g), dim=-1)
+    assert _accumulate(varied, txt, 3).compute()["collapsed"] == 1.0
+
+
+def test_accumulator_random_embeddings_not_collapsed(caplog) -> None:
+    g = torch.Generator().manual_seed(10)
+    n = 30
+    img = F.normalize(torch.randn(n, 16, generator=g), dim=-1)
+    txt = F.normalize(img.repeat_interleave(2, 0) + 0.5 * torch.randn(2 * n, 16, generator=g), dim=-1)
+    with caplog.at_level(logging.WARNING, logger="clipforge.tasks.retrieval"):
+        metrics = _accumulate(img, txt, 2).compute(name="coco")
+    assert metrics["collapsed"] == 0.0
+    assert metrics["num_images"] == 30.0 and metrics["num_captions"] == 60.0
+    expected = retrieval_metrics(img, txt, torch.arange(n).repeat_interleave(2))
+    assert {k: metrics[k] for k in expected} == expected
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

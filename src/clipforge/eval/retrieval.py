@@ -11,7 +11,8 @@ Conventions (SPEC §C.7):
   count against its best one; for text→image the competitors are all other images. Without ties this is exactly
   the position of the (best) positive in a descending ``argsort``, i.e. CLIP_benchmark's ``recall_at_k``; with
   ties the result no longer depends on a sort's tie order, and a collapsed encoder (all embeddings equal) gets
-  the worst rank everywhere, R@k = 0.
+  the worst rank everywhere, R@k = 0. :func:`embedding_spread` / :func:`is_collapsed` detect such an encoder
+  (the training modules log ``val/retrieval/<name>/collapsed``).
 * With one caption per image both directions reduce to "the pair beats every other candidate", i.e. R@1 is the
   long-caption benchmarks' argmax protocol minus its index-order tie-break — see :func:`long_text_r1`.
 
@@ -28,11 +29,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from clipforge.eval.ranking import pessimistic_ranks
 
-__all__ = ["long_text_r1", "retrieval_metrics", "retrieval_ranks"]
+__all__ = ["embedding_spread", "is_collapsed", "long_text_r1", "retrieval_metrics", "retrieval_ranks"]
 
 
 def _check_inputs(
@@ -189,3 +191,63 @@ def long_text_r1(
         )
     mapping = torch.arange(image_features.shape[0])
     return retrieval_metrics(image_features, text_features, mapping, ks=ks, chunk_size=chunk_size)
+
+
+@torch.no_grad()
+def embedding_spread(features: Tensor, chunk_size: int = 16384) -> dict[str, float]:
+    """How far apart a set of embeddings is: the collapse signal of a contrastive encoder.
+
+    Both statistics are exact over all rows, in ``O(N * D)`` time and ``O(chunk_size * D)`` memory (no pairwise
+    matrix): with unit rows ``u_i``, ``sum_{i != j} u_i . u_j = |sum_i u_i|^2 - sum_i |u_i|^2``. Rows are
+    L2-normalised first (in float64); an all-zero row stays zero.
+
+    Args:
+        features: ``(N, D)`` embeddings (any float dtype).
+        chunk_size: rows normalised at once.
+
+    Returns:
+        ``{"mean_cosine": mean cosine similarity over all pairs of distinct rows,
+        "max_dim_std": largest per-dimension standard deviation of the normalised rows}``, both NaN for fewer
+        than two rows. Identical rows give ``1.0`` and ``0.0``; random directions in ``D`` dimensions about
+        ``0`` and ``1 / sqrt(D)``.
+
+    Raises:
+        ValueError: if ``features`` is not 2-D.
+    """
+    if features.ndim != 2:
+        raise ValueError(f"expected (N, D) features, got shape {tuple(features.shape)}")
+    n = features.shape[0]
+    if n < 2:
+        return {"mean_cosine": float("nan"), "max_dim_std": float("nan")}
+    total = torch.zeros(features.shape[1], dtype=torch.float64, device=features.device)
+    squares = torch.zeros_like(total)
+    for start in range(0, n, chunk_size):
+        unit = F.normalize(features[start : start + chunk_size].detach().double(), dim=-1)
+        total += unit.sum(0)
+        squares += (unit * unit).sum(0)
+    mean = total / n
+    variance = ((squares - n * mean * mean) / (n - 1)).clamp_min(0.0)
+    return {
+        "mean_cosine": (float(total @ total) - float(squares.sum())) / (n * (n - 1)),
+        "max_dim_std": float(variance.max().sqrt()),
+    }
+
+
+def is_collapsed(features: Tensor, max_mean_cosine: float = 0.99, min_dim_std: float = 1e-4) -> bool:
+    """Whether embeddings have (nearly) no spread: mean pairwise cosine above ``max_mean_cosine`` or every
+    dimension's standard deviation below ``min_dim_std`` (after L2 normalisation; see :func:`embedding_spread`).
+
+    Non-finite statistics (NaN embeddings) count as collapsed; fewer than two rows never do (nothing to compare).
+
+    Args:
+        features: ``(N, D)`` embeddings.
+        max_mean_cosine: largest mean pairwise cosine of a healthy encoder.
+        min_dim_std: smallest largest-per-dimension standard deviation of a healthy encoder.
+
+    Returns:
+        ``True`` when collapsed.
+    """
+    if features.shape[0] < 2:
+        return False
+    spread = embedding_spread(features)
+    return not (spread["mean_cosine"] <= max_mean_cosine and spread["max_dim_std"] >= min_dim_std)
