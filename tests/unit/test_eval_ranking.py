@@ -34,6 +34,18 @@ def test_random_scores_with_ties_and_nans_match_the_loop() -> None:
         assert got == [loop_rank(scores[r].tolist(), positives[r]) for r in range(n_rows)]
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_every_dtype_counts_the_same(dtype) -> None:
+    # float32 / float64 on the CPU count through NumPy, other dtypes through torch: the same ranks
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randint(-3, 4, (20, 30), generator=g).float()
+    scores[3, 5] = float("nan")
+    rows = torch.arange(20).repeat_interleave(2)
+    cols = torch.randint(0, 15, (40,), generator=g) * 2 + torch.arange(40) % 2  # two distinct columns per row
+    expected = pessimistic_ranks(scores, rows, cols)
+    assert torch.equal(pessimistic_ranks(scores.to(dtype), rows, cols), expected)
+
+
 def test_hand_cases() -> None:
     scores = torch.tensor([[3.0, 3.0, 1.0, 3.0], [0.0, 5.0, 5.0, 4.0], [1.0, 1.0, 1.0, 1.0]])
     # row 0: positives 0, 1 tie at 3 (each other's tie never counts), non-positive 3 ties -> 1

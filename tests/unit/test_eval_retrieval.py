@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from clipforge.eval.retrieval import (
+    _exact_fp32_matmul,
+    _positive_windows,
     embedding_spread,
     is_collapsed,
     long_text_r1,
@@ -102,9 +104,12 @@ def _random_mapping(rng: random.Random, n_img: int, max_caps: int) -> list[int]:
 def _check(img: torch.Tensor, txt: torch.Tensor, mapping: list[int], reference, chunk: int) -> None:
     ks = (1, 2, 5, 10)
     ref_i2t, ref_t2i = reference(img, txt, mapping)
-    i2t, t2i = retrieval_ranks(img, txt, torch.tensor(mapping), chunk_size=chunk)
-    assert i2t.tolist() == ref_i2t
-    assert t2i.tolist() == ref_t2i
+    for single_matmul in (True, False):  # text->image counted in the image->text pass, or from its own matmul
+        i2t, t2i = retrieval_ranks(
+            img, txt, torch.tensor(mapping), chunk_size=chunk, single_matmul=single_matmul
+        )
+        assert i2t.tolist() == ref_i2t
+        assert t2i.tolist() == ref_t2i
     got = retrieval_metrics(img, txt, torch.tensor(mapping), ks=ks, chunk_size=chunk)
     expected = naive_recalls(ref_i2t, ref_t2i, ks)
     assert {k: got[k] for k in expected} == expected
@@ -256,6 +261,52 @@ def test_nan_scores_count_against_the_model() -> None:
     # image 1 is NaN: its positive is NaN -> worst rank 2; for every caption, image 1's NaN score competes
     assert i2t.tolist() == [0, 2, 1]  # image 2: c1 (non-positive) ties its c2
     assert t2i.tolist() == [1, 2, 1]  # c1's own image is NaN: both others count
+
+
+def test_positive_windows_hold_every_fp32_evaluation() -> None:
+    # the fp32 positive score, however the GEMM sums it (chunk shapes, transposed layouts), lies inside its window
+    g = torch.Generator().manual_seed(11)
+    img = F.normalize(torch.randn(300, 96, generator=g), dim=-1) * 3.0  # not unit norm: the bound scales
+    mapping = torch.randint(0, 300, (700,), generator=g)
+    txt = F.normalize(torch.randn(700, 96, generator=g), dim=-1) * 0.5
+    p, width, lo, hi = _positive_windows(img, txt, mapping, block=128)
+    exact = (img.double()[mapping] * txt.double()).sum(1)
+    assert torch.allclose(p, exact, rtol=0, atol=1e-12)
+    for chunk in (1, 7, 300):
+        for start in range(0, 300, chunk):
+            scores = img[start : start + chunk] @ txt.T.contiguous()
+            mine = (mapping >= start) & (mapping < start + chunk)
+            own = scores[mapping[mine] - start, mine.nonzero().flatten()]
+            assert bool(((own.double() - p[mine]).abs() <= width[mine]).all())
+            assert bool(((lo[mine] < own) & (own < hi[mine])).all())
+    dots = (img[mapping] * txt).sum(1)  # a different kernel, same guarantee
+    assert bool(((dots.double() - p).abs() <= width).all())
+
+
+def test_duplicate_images_in_different_chunks_tie() -> None:
+    # images 3 and 40 are the same vector but their rows fall in different matmul calls (chunk 16): every caption
+    # of either is exactly tied by the other, in both directions and both text->image paths
+    g = torch.Generator().manual_seed(12)
+    img = F.normalize(torch.randn(50, 24, generator=g), dim=-1)
+    img[40] = img[3]
+    mapping = torch.arange(50).repeat_interleave(2)
+    txt = F.normalize(img[mapping] + 0.3 * torch.randn(100, 24, generator=g), dim=-1)
+    ref_i2t, ref_t2i = loop_ranks(img, txt, mapping.tolist())
+    for single_matmul in (True, False):
+        i2t, t2i = retrieval_ranks(img, txt, mapping, chunk_size=16, single_matmul=single_matmul)
+        assert i2t.tolist() == ref_i2t and t2i.tolist() == ref_t2i
+        assert all(t2i[t] >= 1 for t in (6, 7, 80, 81))  # captions of images 3 and 40: the twin ties
+
+
+def test_reduced_precision_matmul_uses_two_matmuls() -> None:
+    previous = torch.get_float32_matmul_precision()
+    try:
+        assert _exact_fp32_matmul(torch.device("cpu"))
+        torch.set_float32_matmul_precision("medium")  # may run fp32 matmuls in bf16: the window bound fails
+        assert not _exact_fp32_matmul(torch.device("cpu"))
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert _exact_fp32_matmul(torch.device("cpu"))
 
 
 def test_chunk_size_invariance() -> None:

@@ -24,15 +24,18 @@ and the query is a hit at ``k`` when ``rank < k``. Consequences:
 
 The count is taken per row chunk, so a query's positive score and the scores it is compared with always come
 from the same matmul call (ranks cannot be flipped by last-ulp differences between two computations of one dot
-product); memory is one boolean of the chunk's size besides the scores themselves.
+product); memory is one boolean of the chunk's size besides the scores themselves. On the CPU the
+compare-and-count runs through NumPy (``count_nonzero(scores < best, axis=1)``), several times faster than
+torch's boolean row sum on this project's two-core machine (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["pessimistic_ranks"]
+__all__ = ["count_below", "pessimistic_ranks"]
 
 
 def pessimistic_ranks(scores: Tensor, positive_rows: Tensor, positive_cols: Tensor) -> Tensor:
@@ -60,9 +63,27 @@ def pessimistic_ranks(scores: Tensor, positive_rows: Tensor, positive_cols: Tens
     values = scores[positive_rows, positive_cols]
     best = scores.new_full((n_rows,), float("-inf"))
     best.scatter_reduce_(0, positive_rows, values, reduce="amax")  # NaN propagates: NaN best -> worst rank
-    # candidates strictly below the best positive, positives included
-    below = (scores < best[:, None]).sum(1)
+    below = count_below(scores, best)  # candidates strictly below the best positive, positives included
     positives_below = torch.zeros(n_rows, dtype=torch.long, device=scores.device)
     positives_below.scatter_add_(0, positive_rows, (values < best[positive_rows]).long())
     n_positive = torch.bincount(positive_rows, minlength=n_rows)
     return (n_cols - n_positive) - (below - positives_below)
+
+
+def count_below(scores: Tensor, thresholds: Tensor, dim: int = 1) -> Tensor:
+    """Entries strictly below their row's (``dim=1``) or column's (``dim=0``) threshold; NaN is never below.
+
+    Args:
+        scores: ``(R, C)`` scores.
+        thresholds: ``(R,)`` for ``dim=1``, ``(C,)`` for ``dim=0``, same dtype as ``scores``.
+        dim: ``1`` counts along each row, ``0`` along each column.
+
+    Returns:
+        ``int64`` counts on ``scores``' device: ``(scores < thresholds[:, None]).sum(1)`` or
+        ``(scores < thresholds[None, :]).sum(0)``.
+    """
+    bound = thresholds[:, None] if dim == 1 else thresholds[None, :]
+    if scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float64):
+        below = scores.detach().numpy() < bound.detach().numpy()
+        return torch.from_numpy(np.add.reduce(below, axis=dim, dtype=np.int64))
+    return (scores < bound).sum(dim)

@@ -16,12 +16,15 @@ Conventions (SPEC §C.7):
 * With one caption per image both directions reduce to "the pair beats every other candidate", i.e. R@1 is the
   long-caption benchmarks' argmax protocol minus its index-order tie-break — see :func:`long_text_r1`.
 
-Memory: scores are computed ``chunk_size`` rows at a time (``chunk_size x N_txt`` for image rows, then
-``chunk_size x N_img`` for text rows), never the full ``N_img x N_txt`` matrix; the price is one matmul per
-direction (two in all) instead of one. Each direction computes its own full rows, so a positive score and the
-scores it is compared with come from the *same* matmul call — the ranks cannot be flipped by last-ulp differences
-between two different computations of one dot product. The other side is held once, transposed and contiguous
-(``D x N``, fp32), which is what the CPU GEMM runs fastest on.
+Memory and time: scores are computed ``chunk_size`` image rows at a time (``chunk_size x N_txt``), never the full
+``N_img x N_txt`` matrix. Image→text ranks come from these rows directly: an image's positives and the scores
+they are compared with come from the *same* matmul call, so last-ulp differences between two computations of one
+dot product cannot flip a tie. Text→image ranks are counted in the same pass against a window that provably holds
+each caption's fp32 positive score (:func:`retrieval_ranks`); only captions with a competitor inside their window
+— every exact tie, and differences at rounding level — are ranked again from full ``caption x all images`` rows
+of one matmul call. So the work is one matmul plus a fraction of a second (all of it for a collapsed encoder),
+not one per direction. Each side is held once more, transposed and contiguous (``D x N``, fp32), which is what
+the CPU GEMM runs fastest on.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clipforge.eval.ranking import pessimistic_ranks
+from clipforge.eval.ranking import count_below, pessimistic_ranks
 
 __all__ = ["embedding_spread", "is_collapsed", "long_text_r1", "retrieval_metrics", "retrieval_ranks"]
 
@@ -64,11 +67,70 @@ def _check_inputs(
         raise ValueError("every image needs at least one caption (drop caption-less images first)")
 
 
+def _exact_fp32_matmul(device: torch.device) -> bool:
+    """Whether fp32 matmuls on ``device`` are IEEE fp32 (no TF32 / bf16 shortcuts), as the window bound needs."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    backend = torch.backends.cuda.matmul if device.type == "cuda" else torch.backends.mkldnn.matmul
+    precision = getattr(backend, "fp32_precision", "none")
+    return precision in ("none", "ieee") and not (
+        device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+    )
+
+
+def _positive_windows(
+    images: Tensor, texts: Tensor, text_to_image: Tensor, block: int = 16384
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Where each caption's positive score lies, whatever order a fp32 GEMM sums it in.
+
+    Any fp32 evaluation of a length-``D`` dot product ``a . b`` is within ``gamma_D * |a| |b|`` of the exact value
+    (``gamma_D = D u / (1 - D u)``, ``u = 2^-24``; Higham, *Accuracy and Stability of Numerical Algorithms*,
+    §3.1), so with ``M = max_j |image_j|`` every fp32 score of caption ``t`` — its positive's and every
+    competitor's — lies within ``E_t = (gamma_D + gamma_D^(64)) M |text_t|`` of its exact value, and the float64
+    dot product ``p_t`` of the positive is within ``gamma_D^(64) M |text_t|`` of its own.
+
+    Returns:
+        ``(p, E, lo, hi)``: float64 ``p`` and ``E``, and fp32 bounds ``lo < p - E``, ``hi > p + E`` (one ulp
+        outward), all ``(N_txt,)``.
+    """
+    dim = images.shape[1]
+    gamma = sum(dim * u / (1 - dim * u) for u in (2.0**-24, 2.0**-53))
+    max_norm = max(
+        float(images[i : i + block].double().norm(dim=1).max()) for i in range(0, len(images), block)
+    )
+    p = torch.empty(len(texts), dtype=torch.float64, device=texts.device)
+    width = torch.empty_like(p)
+    for i in range(0, len(texts), block):
+        b = texts[i : i + block].double()
+        p[i : i + block] = (images[text_to_image[i : i + block]].double() * b).sum(1)
+        width[i : i + block] = b.norm(dim=1) * (gamma * max_norm * (1 + 1e-6))
+    inf = torch.tensor(float("inf"), device=texts.device)
+    lo = torch.nextafter((p - width).float(), -inf)
+    hi = torch.nextafter((p + width).float(), inf)
+    return p, width, lo, hi
+
+
 @torch.no_grad()
 def retrieval_ranks(
-    image_features: Tensor, text_features: Tensor, text_to_image: Tensor, chunk_size: int = 1024
+    image_features: Tensor,
+    text_features: Tensor,
+    text_to_image: Tensor,
+    chunk_size: int = 1024,
+    single_matmul: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """0-based ranks of the positives in both directions (competitors scoring ``>=`` the positive).
+
+    Image→text ranks come from full rows ``image chunk x all captions``: an image's positives and competitors are
+    scores of one matmul call. Text→image ranks need full *columns* of the same matrix. With ``single_matmul``
+    they are counted in the same pass: each caption's competitors are compared with a window ``[lo_t, hi_t)``
+    that provably holds its positive's fp32 score however a GEMM sums it (:func:`_positive_windows`); a
+    competitor above the window counts, one below does not. A caption with any competitor *inside* its window —
+    an exact tie always is, and so is any difference within fp32 rounding error — or whose positive falls
+    outside it (non-IEEE arithmetic) is ranked again from full rows ``caption x all images`` of one matmul call,
+    exactly as without ``single_matmul``. Ties are therefore resolved identically on both paths; the two can only
+    differ on a competitor whose exact score is within about twice the rounding bound of the positive's, where
+    neither fp32 order is more right than the other (none was seen in the tests or benchmarks). The single pass
+    saves the part of the second matmul that near-ties do not need.
 
     Args:
         image_features: ``(N_img, D)`` L2-normalised image embeddings (any float dtype; upcast per chunk). The
@@ -76,6 +138,8 @@ def retrieval_ranks(
         text_features: ``(N_txt, D)`` L2-normalised caption embeddings.
         text_to_image: ``(N_txt,)`` integer tensor, ``text_to_image[t]`` = index of caption ``t``'s image.
         chunk_size: rows of the score matrix held at once.
+        single_matmul: count text→image in the image→text pass (see above); ``None`` = whenever fp32 matmuls
+            are exact IEEE fp32 (``torch.get_float32_matmul_precision() == "highest"``, no TF32 / bf16).
 
     Returns:
         ``(i2t_ranks, t2i_ranks)``: ``(N_img,)`` number of other images' captions scoring ``>=`` each image's
@@ -90,6 +154,13 @@ def retrieval_ranks(
     text_to_image = text_to_image.detach().to(device=device, dtype=torch.long)
     _check_inputs(image_features, text_features, text_to_image, chunk_size)
     n_img, n_txt = image_features.shape[0], text_features.shape[0]
+    if single_matmul is None:
+        single_matmul = _exact_fp32_matmul(device)
+    if single_matmul:
+        p, width, lo, hi = _positive_windows(image_features.float(), text_features.float(), text_to_image)
+        below_lo = torch.zeros(n_txt, dtype=torch.long, device=device)
+        below_hi = torch.zeros(n_txt, dtype=torch.long, device=device)
+        own = torch.empty(n_txt, device=device)  # each caption's positive, as its image row's matmul gave it
 
     # image -> text: full rows of (image chunk x all captions); positives = the chunk's own captions
     texts_t = text_features.float().T.contiguous()  # (D, N_txt): O(N * D), not O(N^2)
@@ -101,18 +172,31 @@ def retrieval_ranks(
         stop = min(start + chunk_size, n_img)
         scores = image_features[start:stop].float() @ texts_t
         caps = order[offsets[start] : offsets[stop]]
-        i2t[start:stop] = pessimistic_ranks(scores, text_to_image[caps] - start, caps)
+        rows = text_to_image[caps] - start
+        i2t[start:stop] = pessimistic_ranks(scores, rows, caps)
+        if single_matmul:
+            below_lo += count_below(scores, lo, dim=0)
+            below_hi += count_below(scores, hi, dim=0)
+            own[caps] = scores[rows, caps]
         del scores
     del texts_t
 
     # text -> image: full rows of (caption chunk x all images); one positive per row
+    if single_matmul:
+        below_lo -= (own < lo).long()  # competitors only: take each caption's own image out of the counts
+        below_hi -= (own < hi).long()
+        t2i = (n_img - 1) - below_hi  # competitors at or above the window (or NaN): above the positive
+        unsure = (below_hi > below_lo) | ~((own.double() - p).abs() <= width)
+        captions = unsure.nonzero().flatten()
+    else:
+        t2i = torch.empty(n_txt, dtype=torch.long, device=device)
+        captions = torch.arange(n_txt, device=device)
     images_t = image_features.float().T.contiguous()
-    t2i = torch.empty(n_txt, dtype=torch.long, device=device)
-    for start in range(0, n_txt, chunk_size):
-        stop = min(start + chunk_size, n_txt)
-        scores = text_features[start:stop].float() @ images_t
-        rows = torch.arange(stop - start, device=device)
-        t2i[start:stop] = pessimistic_ranks(scores, rows, text_to_image[start:stop])
+    for start in range(0, len(captions), chunk_size):
+        chunk = captions[start : start + chunk_size]
+        scores = text_features[chunk].float() @ images_t
+        rows = torch.arange(len(chunk), device=device)
+        t2i[chunk] = pessimistic_ranks(scores, rows, text_to_image[chunk])
         del scores
     return i2t.cpu(), t2i.cpu()
 
