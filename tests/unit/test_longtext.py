@@ -1,4 +1,4 @@
-"""Long-caption benchmarks: the ShareGPT4V-1k / Urban-1k / DOCCI file layouts, R@k (ties count against), the callback."""
+"""Long-caption benchmarks: ShareGPT4V-1k / Urban-1k / DOCCI file layouts, R@k (ties count against), callback."""
 
 from __future__ import annotations
 
