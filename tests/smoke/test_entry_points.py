@@ -44,6 +44,7 @@ def test_train_writes_run_files_and_metrics(trained):
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk == pytest.approx(metrics)
     assert on_disk["val/retrieval/synthetic/num_images"] > 0
+    assert on_disk["val/retrieval/synthetic/collapsed"] == 0.0  # the collapse guard reaches metrics.json
     for k in ("i2t_R@1", "i2t_R@5", "t2i_R@10"):
         assert 0.0 <= on_disk[f"val/retrieval/synthetic/{k}"] <= 100.0
     assert objects["trainer"].current_epoch == 2

@@ -17,6 +17,7 @@ def test_tiny_llm2clip_demo_trains_and_checkpoints_without_the_llm(tmp_path):
     assert objects["trainer"].global_step == 2
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["val/retrieval/synthetic/num_images"] > 0
+    assert on_disk["val/retrieval/synthetic/collapsed"] == 0.0
     assert 0.0 <= on_disk["val/retrieval/synthetic/t2i_R@1"] <= 100.0
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)[
         "state_dict"

@@ -72,6 +72,32 @@ def test_hand_computed():
     assert cra_full_gallery(e, torch.tensor([0, 1, 1, 0])) == 0.0
 
 
+def test_collapsed_encoder_scores_zero_in_both_variants():
+    # every caption embedding equal: targets tie every non-target -> 0 (chance would be 1/N), never 100
+    e = torch.ones(40, 6)
+    groups = torch.arange(20).repeat_interleave(2)
+    assert cra_pairs(e[0::2], e[1::2], chunk_size=7) == 0.0
+    assert cra_full_gallery(e, groups, chunk_size=7) == 0.0
+    out = caption_retrieval_accuracy(e, groups)
+    assert out["cra_pairs"] == out["cra_full"] == 0.0
+
+
+def test_ties_between_partners_of_one_group_do_not_count():
+    # group 0 = captions 0, 1, 2 where 1 and 2 are identical: caption 0's two partners tie each other, not a
+    # competitor -> still a hit; a caption of another group tying the best partner -> a miss
+    e = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    assert cra_full_gallery(e, torch.tensor([0, 0, 0, 1, 1])) == 100.0
+    # caption 2 moved to group 1: for caption 0 the best partner (caption 1) is now tied by caption 2 -> miss;
+    # caption 1 / 2: best partner each other at cos 1 in different groups -> both miss; 3, 4 partners -> hits
+    assert cra_full_gallery(e, torch.tensor([0, 0, 1, 1, 1])) == pytest.approx(naive_full(e, [0, 0, 1, 1, 1]))
+
+
+def test_nan_embeddings_are_misses():
+    q = torch.eye(3)
+    q[1, 0] = float("nan")
+    assert cra_pairs(q, torch.eye(3)) == pytest.approx(200 / 3)
+
+
 def test_positions_and_combined_metrics():
     groups = torch.tensor([7, 7, 3, 7, 3, 9])
     assert caption_positions(groups).tolist() == [0, 1, 0, 2, 1, 0]

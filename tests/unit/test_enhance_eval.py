@@ -23,6 +23,27 @@ def test_roc_auc_matches_sklearn_with_ties(seed):
     assert roc_auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_roc_auc_matches_sklearn_on_continuous_scores(seed):
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(100 + seed)
+    labels = rng.integers(0, 2, 200).tolist()
+    scores = (rng.normal(size=200) + 0.8 * np.asarray(labels)).tolist()  # tie-free, informative
+    assert len(set(scores)) == 200
+    assert roc_auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+
+
+def test_roc_auc_matches_sklearn_when_almost_everything_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 2, 300).tolist()
+    scores = [2 if y and rng.random() < 0.1 else 1 for y in labels]  # two values; 90 % of positives tie all
+    assert roc_auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert roc_auc([1] * 6, [1, 0, 1, 0, 0, 1]) == 0.5 == roc_auc_score([1, 0, 1, 0, 0, 1], [1] * 6)
+
+
 def test_roc_auc_hand_cases():
     assert roc_auc([9, 8, 2], [1, 1, 0]) == 1.0
     assert roc_auc([2, 8, 9], [1, 1, 0]) == 0.0

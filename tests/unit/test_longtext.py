@@ -1,4 +1,4 @@
-"""Long-caption benchmarks: the ShareGPT4V-1k / Urban-1k / DOCCI file layouts, argmax R@k, the callback."""
+"""Long-caption benchmarks: ShareGPT4V-1k / Urban-1k / DOCCI file layouts, R@k (ties count against), callback."""
 
 from __future__ import annotations
 
@@ -80,20 +80,51 @@ def test_docci_test_split_only(tmp_path):
         read_longtext("flickr", str(path))
 
 
-def test_argmax_r1_hand_computed_with_ties():
-    # rows: captions 0..2 vs images 0..2 (t2i); image 1 ties images 0 and 1 for caption 1
+def test_r1_hand_computed_with_ties():
+    # rows: captions 0..2 vs images 0..2 (t2i); images 0 and 1 are identical, and so are captions 0 and 1
     img = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     txt = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.6, 0.8]])
     m = longtext_metrics(img, txt, ks=(1, 2))
-    # t2i: caption 0 -> argmax image 0 (hit); caption 1 -> argmax picks image 0 first (miss, tie);
-    # caption 2 -> image 2 scores 0.8 > 0.6 (hit)
-    assert m["t2i_R@1"] == pytest.approx(200 / 3)
-    # R@2 by strict rank: caption 1's image has no strictly greater competitor -> hit
+    # t2i: captions 0 and 1 score 1.0 with both images 0 and 1 -> each positive is tied by the other image
+    # (rank 1: a miss at R@1, where LLM2CLIP's argmax would credit caption 0 for coming first); caption 2 -> image
+    # 2 scores 0.8 > 0.6 (hit)
+    assert m["t2i_R@1"] == pytest.approx(100 / 3)
     assert m["t2i_R@2"] == 100.0
-    # i2t: image 0 -> caption 0 (first of the tied 0, 1: hit); image 1 -> caption 0 first (miss); image 2 -> 2 (hit)
-    assert m["i2t_R@1"] == pytest.approx(200 / 3)
+    # i2t: images 0 and 1 tie on captions 0 and 1 (rank 1 each); image 2 -> caption 2 (hit)
+    assert m["i2t_R@1"] == pytest.approx(100 / 3)
+    assert m["i2t_R@2"] == 100.0
     with pytest.raises(ValueError, match="one caption per image"):
         longtext_metrics(img, txt[:2])
+
+
+def test_collapsed_embeddings_score_zero():
+    # every embedding equal: every pair is tied by every other -> 0 at every k < N (argmax R@1 would give 1/N,
+    # the old strictly-greater R@k 100)
+    img = torch.ones(60, 8) / 8**0.5
+    m = longtext_metrics(img, img.clone(), ks=(1, 5, 10, 25, 50), chunk_size=16)
+    assert all(v == 0.0 for v in m.values())
+
+
+def _loop_r_at_k(img: torch.Tensor, txt: torch.Tensor, ks: tuple[int, ...]) -> dict[str, float]:
+    """Pair i = (image i, caption i); rank = other gallery rows whose score is not below the pair's (float64)."""
+    out = {}
+    scores = (img.double() @ txt.double().T).tolist()
+    n = len(scores)
+    for name, score in (("i2t", lambda q, g: scores[q][g]), ("t2i", lambda q, g: scores[g][q])):
+        ranks = [sum(1 for g in range(n) if g != q and not score(q, g) < score(q, q)) for q in range(n)]
+        for k in ks:
+            out[f"{name}_R@{k}"] = 100.0 * sum(r < k for r in ranks) / n
+    return out
+
+
+def test_integer_features_with_ties_match_the_loop_reference():
+    for trial in range(40):
+        g = torch.Generator().manual_seed(trial)
+        n = 1 + trial % 17
+        img = torch.randint(-2, 3, (n, 3), generator=g).float()
+        txt = torch.randint(-2, 3, (n, 3), generator=g).float()
+        ks = (1, 2, 5)
+        assert longtext_metrics(img, txt, ks=ks, chunk_size=1 + trial % 4) == _loop_r_at_k(img, txt, ks)
 
 
 def test_argmax_matches_the_official_loop():

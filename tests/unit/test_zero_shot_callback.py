@@ -18,8 +18,9 @@ def fingerprint(img) -> torch.Tensor:
 
 
 class OneHotModule(torch.nn.Module):
-    """Images embed to the one-hot of their demo label (``wrong`` of them to the next class); a prompt embeds to
-    the one-hot of the class word it contains."""
+    """Images embed to the one-hot of their demo label (``wrong`` of them to 1.0 on the next class and 0.5 on their
+    own, so the true class comes second without ties); a prompt embeds to the one-hot of the class word it
+    contains."""
 
     def __init__(self, classes: list[str], labels_by_size: dict, wrong: set[int]) -> None:
         super().__init__()
@@ -49,7 +50,10 @@ class OneHotModule(torch.nn.Module):
         out = torch.zeros(len(x), len(self.classes))
         for i, fp in enumerate(x.tolist()):
             c = self.labels_by_size[tuple(round(v, 2) for v in fp)]
-            out[i, (c + 1) % len(self.classes) if c in self.wrong else c] = 1.0
+            if c in self.wrong:
+                out[i, (c + 1) % len(self.classes)], out[i, c] = 1.0, 0.5
+            else:
+                out[i, c] = 1.0
         return out
 
 

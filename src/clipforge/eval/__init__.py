@@ -1,6 +1,17 @@
-"""Evaluation protocols (plain torch, no Lightning): retrieval Recall@k and ImageNet-style zero-shot accuracy."""
+"""Evaluation protocols (plain torch, no Lightning): retrieval Recall@k and ImageNet-style zero-shot accuracy.
 
-from clipforge.eval.retrieval import long_text_r1, retrieval_metrics, retrieval_ranks
+Every ranking metric counts ties against the model (:func:`pessimistic_ranks`); :func:`is_collapsed` flags
+embeddings without spread.
+"""
+
+from clipforge.eval.ranking import pessimistic_ranks
+from clipforge.eval.retrieval import (
+    embedding_spread,
+    is_collapsed,
+    long_text_r1,
+    retrieval_metrics,
+    retrieval_ranks,
+)
 from clipforge.eval.zero_shot import (
     build_zero_shot_classifier,
     imagenet_classnames,
@@ -10,9 +21,12 @@ from clipforge.eval.zero_shot import (
 
 __all__ = [
     "build_zero_shot_classifier",
+    "embedding_spread",
     "imagenet_classnames",
     "imagenet_templates",
+    "is_collapsed",
     "long_text_r1",
+    "pessimistic_ranks",
     "retrieval_metrics",
     "retrieval_ranks",
     "zero_shot_accuracy",

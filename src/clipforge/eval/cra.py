@@ -7,9 +7,11 @@ Two variants, both top-1 by cosine similarity, in percent:
 * **full gallery**: every caption of every image is a query and retrieves among *all other* captions; a hit is a
   caption of the same image. Only captions whose image has another caption count.
 
-A hit needs the target to score *strictly* above every non-target: ties count as misses, so a collapsed encoder
-scores 0 and the result never depends on index order (COCO repeats some captions across images). Scores are
-computed ``chunk_size`` query rows at a time, never as the full matrix.
+Both use the ranking metrics' tie rule (:mod:`clipforge.eval.ranking`): a hit needs the (best) target to score
+*strictly* above every non-target; a tie (or a NaN) counts as a miss, so a collapsed encoder scores 0 and the
+result never depends on index order (COCO repeats some captions across images). In the full gallery, the other
+captions of the query's own group never count against the best of them. Scores are computed ``chunk_size``
+query rows at a time, never as the full matrix.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from clipforge.eval.ranking import pessimistic_ranks
 
 __all__ = ["caption_positions", "caption_retrieval_accuracy", "cra_full_gallery", "cra_pairs"]
 
@@ -39,9 +43,7 @@ def cra_pairs(queries: Tensor, gallery: Tensor, chunk_size: int = 1024) -> float
     for start in range(0, q.shape[0], chunk_size):
         scores = q[start : start + chunk_size] @ g.T
         rows = torch.arange(scores.shape[0])
-        target = scores[rows, rows + start].clone()
-        scores[rows, rows + start] = float("-inf")
-        hits += int((target > scores.max(1).values).sum())
+        hits += int((pessimistic_ranks(scores, rows, rows + start) == 0).sum())
     return 100.0 * hits / q.shape[0]
 
 
@@ -67,13 +69,13 @@ def cra_full_gallery(embeddings: Tensor, groups: Tensor, chunk_size: int = 1024)
     for start in range(0, e.shape[0], chunk_size):
         scores = e[start : start + chunk_size] @ e.T
         rows = torch.arange(scores.shape[0])
-        scores[rows, rows + start] = float("-inf")  # a caption never retrieves itself
+        # the query itself: a positive (never a competitor) scoring -inf (never the best partner)
+        scores[rows, rows + start] = float("-inf")
         same = groups[start : start + chunk_size, None] == groups[None, :]
-        same[rows, rows + start] = False
-        has_partner = same.any(1)
-        best_same = scores.masked_fill(~same, float("-inf")).max(1).values
-        best_other = scores.masked_fill(same, float("-inf")).max(1).values
-        hits += int(((best_same > best_other) & has_partner).sum())
+        has_partner = same.sum(1) > 1
+        positive_rows, positive_cols = same.nonzero(as_tuple=True)
+        ranks = pessimistic_ranks(scores, positive_rows, positive_cols)
+        hits += int(((ranks == 0) & has_partner).sum())
         counted += int(has_partner.sum())
     if counted == 0:
         raise ValueError("full-gallery CRA needs at least one group with two captions")

@@ -11,9 +11,11 @@ per image:
 * ``docci`` — ``docci_descriptions.jsonlines``: rows with ``split == "test"`` (5,000), caption ``description``,
   image ``<image_root>/<image_file>`` (default root: ``images/`` beside the file), key ``example_id``.
 
-Metric (``retrieval_global``): image ``i`` and caption ``i`` are a pair; R@1 is an **argmax** hit (the first index
-among tied maxima wins, as ``torch.argmax``), R@k for k > 1 is "the pair is among the top-k" — here by rank =
-number of strictly greater scores, so ties never depend on sort order. Scores are computed in row chunks.
+Metric (``retrieval_global``): image ``i`` and caption ``i`` are a pair; R@1 is an argmax hit and R@k "the pair
+is among the top-k". Here both use the ranking metrics' tie rule (:mod:`clipforge.eval.ranking`): rank = number
+of *other* gallery rows scoring ``>=`` the pair, a hit at ``k`` when ``rank < k``. Without ties that is exactly
+LLM2CLIP's argmax / top-k; with ties LLM2CLIP credits whichever tied index comes first (``torch.argmax``), here
+a tie counts against the model, so a collapsed encoder scores 0. Scores are computed in row chunks.
 
 Use them three ways: :class:`LongTextEval` as a callback (images through the module, captions through its text
 side or a cache), :func:`longtext_metrics` on embeddings, or ``python -m clipforge.eval.longtext <layout> <path>
@@ -34,6 +36,7 @@ import torch
 from torch import Tensor
 
 from clipforge.data.records import Record
+from clipforge.eval.ranking import pessimistic_ranks
 
 __all__ = [
     "LAYOUTS",
@@ -141,12 +144,10 @@ def _direction(queries: Tensor, gallery: Tensor, ks: Sequence[int], chunk_size: 
     hits = dict.fromkeys(ks, 0)
     for start in range(0, queries.shape[0], chunk_size):
         scores = queries[start : start + chunk_size] @ gallery.T
-        target = torch.arange(start, start + scores.shape[0], device=scores.device)
         rows = torch.arange(scores.shape[0], device=scores.device)
-        positive = scores[rows, target]
-        rank = (scores > positive[:, None]).sum(1)
+        rank = pessimistic_ranks(scores, rows, rows + start)
         for k in ks:
-            hits[k] += int((scores.argmax(1) == target).sum()) if k == 1 else int((rank < k).sum())
+            hits[k] += int((rank < k).sum())
     return hits
 
 
@@ -156,12 +157,13 @@ def longtext_metrics(
     ks: Sequence[int] = (1, 5, 10, 25, 50),
     chunk_size: int = 1024,
 ) -> dict[str, float]:
-    """``i2t_R@k`` / ``t2i_R@k`` (percent) with LLM2CLIP's argmax R@1; pair ``i`` = image ``i``, caption ``i``.
+    """``i2t_R@k`` / ``t2i_R@k`` (percent), ties counted against (module docstring); pair ``i`` = image ``i``,
+    caption ``i``.
 
     Args:
         image_features: ``(N, D)`` L2-normalised image embeddings.
         text_features: ``(N, D)`` L2-normalised caption embeddings.
-        ks: cut-offs (``1`` is the argmax hit).
+        ks: cut-offs (``1``: the pair beats every other candidate strictly).
         chunk_size: query rows per matmul.
 
     Raises:

@@ -5,17 +5,26 @@ Conventions (SPEC §C.7):
 * **image→text is any-hit**: an image scores at ``k`` if *any* of its captions is among its top-``k`` captions
   (Flickr30k / COCO convention, CLIP_benchmark's ``recall > 0``, BLIP's ``itm_eval``).
 * **text→image**: the rank of the caption's single image among all images.
-* **rank = number of strictly greater scores** (0-based). A score that *ties* the positive does not push it down,
-  so ties resolve in the model's favour and the result does not depend on a sort's tie order. Without ties this
-  is exactly the position of the (best) positive in a descending ``argsort``. Caveat: a collapsed encoder (all
-  embeddings equal) ties everywhere and therefore scores 100; watch the training loss / embedding spread.
-* With one caption per image both directions reduce to "is the diagonal in the row's top-k", i.e. R@1 is the
-  argmax protocol of the long-caption benchmarks (ShareGPT4V-1k, Urban-1k, DOCCI) — see :func:`long_text_r1`.
+* **Ties count against the model** (the shared rule of :mod:`clipforge.eval.ranking`): the 0-based rank is the
+  number of *competitors* scoring ``>=`` the positive (NaN included). For image→text the positive is the
+  image's best caption and the competitors are the captions of *other* images — the image's other captions never
+  count against its best one; for text→image the competitors are all other images. Without ties this is exactly
+  the position of the (best) positive in a descending ``argsort``, i.e. CLIP_benchmark's ``recall_at_k``; with
+  ties the result no longer depends on a sort's tie order, and a collapsed encoder (all embeddings equal) gets
+  the worst rank everywhere, R@k = 0. :func:`embedding_spread` / :func:`is_collapsed` detect such an encoder
+  (the training modules log ``val/retrieval/<name>/collapsed``).
+* With one caption per image both directions reduce to "the pair beats every other candidate", i.e. R@1 is the
+  long-caption benchmarks' argmax protocol minus its index-order tie-break — see :func:`long_text_r1`.
 
-Memory: scores are computed ``chunk_size`` rows at a time (``chunk_size x N_txt`` for image rows, then
-``chunk_size x N_img`` for text rows), never the full ``N_img x N_txt`` matrix; the price is one matmul per
-direction (two in all) instead of one. Each direction computes its own full rows, so a positive score and the scores it is compared with come from the *same* matmul call — the ranks
-cannot be flipped by last-ulp differences between two different computations of one dot product.
+Memory and time: scores are computed ``chunk_size`` image rows at a time (``chunk_size x N_txt``), never the full
+``N_img x N_txt`` matrix. Image→text ranks come from these rows directly: an image's positives and the scores
+they are compared with come from the *same* matmul call, so last-ulp differences between two computations of one
+dot product cannot flip a tie. Text→image ranks are counted in the same pass against a window that provably holds
+each caption's fp32 positive score (:func:`retrieval_ranks`); only captions with a competitor inside their window
+— every exact tie, and differences at rounding level — are ranked again from full ``caption x all images`` rows
+of one matmul call. So the work is one matmul plus a fraction of a second (all of it for a collapsed encoder),
+not one per direction. Each side is held once more, transposed and contiguous (``D x N``, fp32), which is what
+the CPU GEMM runs fastest on.
 """
 
 from __future__ import annotations
@@ -23,9 +32,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["long_text_r1", "retrieval_metrics", "retrieval_ranks"]
+from clipforge.eval.ranking import count_below, pessimistic_ranks
+
+__all__ = ["embedding_spread", "is_collapsed", "long_text_r1", "retrieval_metrics", "retrieval_ranks"]
 
 
 def _check_inputs(
@@ -55,11 +67,70 @@ def _check_inputs(
         raise ValueError("every image needs at least one caption (drop caption-less images first)")
 
 
+def _exact_fp32_matmul(device: torch.device) -> bool:
+    """Whether fp32 matmuls on ``device`` are IEEE fp32 (no TF32 / bf16 shortcuts), as the window bound needs."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    backend = torch.backends.cuda.matmul if device.type == "cuda" else torch.backends.mkldnn.matmul
+    precision = getattr(backend, "fp32_precision", "none")
+    return precision in ("none", "ieee") and not (
+        device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+    )
+
+
+def _positive_windows(
+    images: Tensor, texts: Tensor, text_to_image: Tensor, block: int = 16384
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Where each caption's positive score lies, whatever order a fp32 GEMM sums it in.
+
+    Any fp32 evaluation of a length-``D`` dot product ``a . b`` is within ``gamma_D * |a| |b|`` of the exact value
+    (``gamma_D = D u / (1 - D u)``, ``u = 2^-24``; Higham, *Accuracy and Stability of Numerical Algorithms*,
+    §3.1), so with ``M = max_j |image_j|`` every fp32 score of caption ``t`` — its positive's and every
+    competitor's — lies within ``E_t = (gamma_D + gamma_D^(64)) M |text_t|`` of its exact value, and the float64
+    dot product ``p_t`` of the positive is within ``gamma_D^(64) M |text_t|`` of its own.
+
+    Returns:
+        ``(p, E, lo, hi)``: float64 ``p`` and ``E``, and fp32 bounds ``lo < p - E``, ``hi > p + E`` (one ulp
+        outward), all ``(N_txt,)``.
+    """
+    dim = images.shape[1]
+    gamma = sum(dim * u / (1 - dim * u) for u in (2.0**-24, 2.0**-53))
+    max_norm = max(
+        float(images[i : i + block].double().norm(dim=1).max()) for i in range(0, len(images), block)
+    )
+    p = torch.empty(len(texts), dtype=torch.float64, device=texts.device)
+    width = torch.empty_like(p)
+    for i in range(0, len(texts), block):
+        b = texts[i : i + block].double()
+        p[i : i + block] = (images[text_to_image[i : i + block]].double() * b).sum(1)
+        width[i : i + block] = b.norm(dim=1) * (gamma * max_norm * (1 + 1e-6))
+    inf = torch.tensor(float("inf"), device=texts.device)
+    lo = torch.nextafter((p - width).float(), -inf)
+    hi = torch.nextafter((p + width).float(), inf)
+    return p, width, lo, hi
+
+
 @torch.no_grad()
 def retrieval_ranks(
-    image_features: Tensor, text_features: Tensor, text_to_image: Tensor, chunk_size: int = 1024
+    image_features: Tensor,
+    text_features: Tensor,
+    text_to_image: Tensor,
+    chunk_size: int = 1024,
+    single_matmul: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """0-based ranks of the positives in both directions (number of strictly greater scores).
+    """0-based ranks of the positives in both directions (competitors scoring ``>=`` the positive).
+
+    Image→text ranks come from full rows ``image chunk x all captions``: an image's positives and competitors are
+    scores of one matmul call. Text→image ranks need full *columns* of the same matrix. With ``single_matmul``
+    they are counted in the same pass: each caption's competitors are compared with a window ``[lo_t, hi_t)``
+    that provably holds its positive's fp32 score however a GEMM sums it (:func:`_positive_windows`); a
+    competitor above the window counts, one below does not. A caption with any competitor *inside* its window —
+    an exact tie always is, and so is any difference within fp32 rounding error — or whose positive falls
+    outside it (non-IEEE arithmetic) is ranked again from full rows ``caption x all images`` of one matmul call,
+    exactly as without ``single_matmul``. Ties are therefore resolved identically on both paths; the two can only
+    differ on a competitor whose exact score is within about twice the rounding bound of the positive's, where
+    neither fp32 order is more right than the other (none was seen in the tests or benchmarks). The single pass
+    saves the part of the second matmul that near-ties do not need.
 
     Args:
         image_features: ``(N_img, D)`` L2-normalised image embeddings (any float dtype; upcast per chunk). The
@@ -67,10 +138,13 @@ def retrieval_ranks(
         text_features: ``(N_txt, D)`` L2-normalised caption embeddings.
         text_to_image: ``(N_txt,)`` integer tensor, ``text_to_image[t]`` = index of caption ``t``'s image.
         chunk_size: rows of the score matrix held at once.
+        single_matmul: count text→image in the image→text pass (see above); ``None`` = whenever fp32 matmuls
+            are exact IEEE fp32 (``torch.get_float32_matmul_precision() == "highest"``, no TF32 / bf16).
 
     Returns:
-        ``(i2t_ranks, t2i_ranks)``: ``(N_img,)`` rank of each image's *best* caption (any-hit) and ``(N_txt,)``
-        rank of each caption's image, both ``int64`` on the CPU.
+        ``(i2t_ranks, t2i_ranks)``: ``(N_img,)`` number of other images' captions scoring ``>=`` each image's
+        *best* caption (any-hit) and ``(N_txt,)`` number of other images scoring ``>=`` each caption's image,
+        both ``int64`` on the CPU.
 
     Raises:
         ValueError: on mismatched shapes, out-of-range indices or an image without captions.
@@ -80,31 +154,50 @@ def retrieval_ranks(
     text_to_image = text_to_image.detach().to(device=device, dtype=torch.long)
     _check_inputs(image_features, text_features, text_to_image, chunk_size)
     n_img, n_txt = image_features.shape[0], text_features.shape[0]
+    if single_matmul is None:
+        single_matmul = _exact_fp32_matmul(device)
+    if single_matmul:
+        p, width, lo, hi = _positive_windows(image_features.float(), text_features.float(), text_to_image)
+        below_lo = torch.zeros(n_txt, dtype=torch.long, device=device)
+        below_hi = torch.zeros(n_txt, dtype=torch.long, device=device)
+        own = torch.empty(n_txt, device=device)  # each caption's positive, as its image row's matmul gave it
 
-    # image -> text: full rows of (image chunk x all captions); best positive per image, then count above it
-    texts = text_features.float()  # the whole other side in fp32: O(N * D), not O(N^2)
+    # image -> text: full rows of (image chunk x all captions); positives = the chunk's own captions
+    texts_t = text_features.float().T.contiguous()  # (D, N_txt): O(N * D), not O(N^2)
     order = torch.argsort(text_to_image, stable=True)  # captions grouped by image
     offsets = torch.cumsum(torch.bincount(text_to_image, minlength=n_img), 0).tolist()
     offsets.insert(0, 0)
     i2t = torch.empty(n_img, dtype=torch.long, device=device)
     for start in range(0, n_img, chunk_size):
         stop = min(start + chunk_size, n_img)
-        scores = image_features[start:stop].float() @ texts.T
+        scores = image_features[start:stop].float() @ texts_t
         caps = order[offsets[start] : offsets[stop]]
         rows = text_to_image[caps] - start
-        best = torch.full((stop - start,), float("-inf"), device=device)
-        best.scatter_reduce_(0, rows, scores[rows, caps], reduce="amax")
-        i2t[start:stop] = (scores > best[:, None]).sum(1)
-    del texts
+        i2t[start:stop] = pessimistic_ranks(scores, rows, caps)
+        if single_matmul:
+            below_lo += count_below(scores, lo, dim=0)
+            below_hi += count_below(scores, hi, dim=0)
+            own[caps] = scores[rows, caps]
+        del scores
+    del texts_t
 
-    # text -> image: full rows of (caption chunk x all images)
-    images = image_features.float()
-    t2i = torch.empty(n_txt, dtype=torch.long, device=device)
-    for start in range(0, n_txt, chunk_size):
-        stop = min(start + chunk_size, n_txt)
-        scores = text_features[start:stop].float() @ images.T
-        positive = scores.gather(1, text_to_image[start:stop, None])
-        t2i[start:stop] = (scores > positive).sum(1)
+    # text -> image: full rows of (caption chunk x all images); one positive per row
+    if single_matmul:
+        below_lo -= (own < lo).long()  # competitors only: take each caption's own image out of the counts
+        below_hi -= (own < hi).long()
+        t2i = (n_img - 1) - below_hi  # competitors at or above the window (or NaN): above the positive
+        unsure = (below_hi > below_lo) | ~((own.double() - p).abs() <= width)
+        captions = unsure.nonzero().flatten()
+    else:
+        t2i = torch.empty(n_txt, dtype=torch.long, device=device)
+        captions = torch.arange(n_txt, device=device)
+    images_t = image_features.float().T.contiguous()
+    for start in range(0, len(captions), chunk_size):
+        chunk = captions[start : start + chunk_size]
+        scores = text_features[chunk].float() @ images_t
+        rows = torch.arange(len(chunk), device=device)
+        t2i[chunk] = pessimistic_ranks(scores, rows, text_to_image[chunk])
+        del scores
     return i2t.cpu(), t2i.cpu()
 
 
@@ -115,11 +208,11 @@ def retrieval_metrics(
     ks: Sequence[int] = (1, 5, 10),
     chunk_size: int = 1024,
 ) -> dict[str, float]:
-    """Recall@k in both directions (percent), any-hit for image→text, strictly-greater ranks (module docstring).
+    """Recall@k in both directions (percent), any-hit for image→text, ties counted against (module docstring).
 
-    Memory is ``O(chunk_size * max(N_img, N_txt))`` beyond the inputs; 5k images x 25k captions x 512-d takes
-    a few seconds on two CPU cores. Inputs may be fp16/bf16 (upcast per chunk); the work runs on the device of
-    ``image_features``.
+    Memory is ``O(chunk_size * max(N_img, N_txt) + (N_img + N_txt) * D)`` beyond the inputs; BENCHMARKS.md
+    gives times for 5k x 25k and 50k x 250k captions (512-d) on two CPU cores. Inputs may be fp16/bf16 (upcast
+    per chunk); the work runs on the device of ``image_features``.
 
     Args:
         image_features: ``(N_img, D)`` L2-normalised image embeddings.
@@ -159,8 +252,9 @@ def long_text_r1(
     """One caption per image (row ``i`` of both inputs is a pair): the long-caption benchmarks' protocol.
 
     LLM2CLIP's ``retrieval_global`` (ShareGPT4V-1k, Urban-1k, DOCCI) counts an argmax hit at R@1 and "index in
-    top-k" at R@5/10/25/50; with one caption per image that is :func:`retrieval_metrics` with an identity mapping
-    (ties aside: a tie with the positive counts as a hit here, whereas ``argmax`` picks the first index).
+    top-k" at R@5/10/25/50; with one caption per image that is :func:`retrieval_metrics` with an identity mapping.
+    Ties aside: here a competitor tying the pair counts against it (R@1 needs the pair to beat every other
+    candidate strictly), whereas ``argmax`` / ``topk`` credit whichever tied index comes first.
 
     Args:
         image_features: ``(N, D)`` L2-normalised image embeddings.
@@ -181,3 +275,63 @@ def long_text_r1(
         )
     mapping = torch.arange(image_features.shape[0])
     return retrieval_metrics(image_features, text_features, mapping, ks=ks, chunk_size=chunk_size)
+
+
+@torch.no_grad()
+def embedding_spread(features: Tensor, chunk_size: int = 16384) -> dict[str, float]:
+    """How far apart a set of embeddings is: the collapse signal of a contrastive encoder.
+
+    Both statistics are exact over all rows, in ``O(N * D)`` time and ``O(chunk_size * D)`` memory (no pairwise
+    matrix): with unit rows ``u_i``, ``sum_{i != j} u_i . u_j = |sum_i u_i|^2 - sum_i |u_i|^2``. Rows are
+    L2-normalised first (in float64); an all-zero row stays zero.
+
+    Args:
+        features: ``(N, D)`` embeddings (any float dtype).
+        chunk_size: rows normalised at once.
+
+    Returns:
+        ``{"mean_cosine": mean cosine similarity over all pairs of distinct rows,
+        "max_dim_std": largest per-dimension standard deviation of the normalised rows}``, both NaN for fewer
+        than two rows. Identical rows give ``1.0`` and ``0.0``; random directions in ``D`` dimensions about
+        ``0`` and ``1 / sqrt(D)``.
+
+    Raises:
+        ValueError: if ``features`` is not 2-D.
+    """
+    if features.ndim != 2:
+        raise ValueError(f"expected (N, D) features, got shape {tuple(features.shape)}")
+    n = features.shape[0]
+    if n < 2:
+        return {"mean_cosine": float("nan"), "max_dim_std": float("nan")}
+    total = torch.zeros(features.shape[1], dtype=torch.float64, device=features.device)
+    squares = torch.zeros_like(total)
+    for start in range(0, n, chunk_size):
+        unit = F.normalize(features[start : start + chunk_size].detach().double(), dim=-1)
+        total += unit.sum(0)
+        squares += (unit * unit).sum(0)
+    mean = total / n
+    variance = ((squares - n * mean * mean) / (n - 1)).clamp_min(0.0)
+    return {
+        "mean_cosine": (float(total @ total) - float(squares.sum())) / (n * (n - 1)),
+        "max_dim_std": float(variance.max().sqrt()),
+    }
+
+
+def is_collapsed(features: Tensor, max_mean_cosine: float = 0.99, min_dim_std: float = 1e-4) -> bool:
+    """Whether embeddings have (nearly) no spread: mean pairwise cosine above ``max_mean_cosine`` or every
+    dimension's standard deviation below ``min_dim_std`` (after L2 normalisation; see :func:`embedding_spread`).
+
+    Non-finite statistics (NaN embeddings) count as collapsed; fewer than two rows never do (nothing to compare).
+
+    Args:
+        features: ``(N, D)`` embeddings.
+        max_mean_cosine: largest mean pairwise cosine of a healthy encoder.
+        min_dim_std: smallest largest-per-dimension standard deviation of a healthy encoder.
+
+    Returns:
+        ``True`` when collapsed.
+    """
+    if features.shape[0] < 2:
+        return False
+    spread = embedding_spread(features)
+    return not (spread["mean_cosine"] <= max_mean_cosine and spread["max_dim_std"] >= min_dim_std)

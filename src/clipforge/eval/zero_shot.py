@@ -5,6 +5,11 @@ The class names and templates are open_clip's (``open_clip.zero_shot_metadata``:
 ``imagenet_zeroshot_data.py`` lists — and ``SIMPLE_IMAGENET_TEMPLATES``, the 7-prompt subset). The classifier
 follows ``open_clip.zero_shot_classifier.build_zero_shot_classifier`` but takes any ``encode_text`` callable, so
 the same code serves CLIP text towers and LLM2CLIP's frozen-LLM + adapter path.
+
+Top-k accuracy uses the ranking metrics' tie rule (:mod:`clipforge.eval.ranking`): an image is correct at ``k``
+when fewer than ``k`` *other* classes score ``>=`` its true class. Without ties that is ``logits.topk(k)``
+membership (open_clip's and CLIP_benchmark's ``accuracy``); a tie with the true class counts against the model,
+so a collapsed model scores 0, not 100.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from clipforge.eval.ranking import pessimistic_ranks
 
 __all__ = [
     "build_zero_shot_classifier",
@@ -147,9 +154,9 @@ def zero_shot_accuracy(
 ) -> dict[str, float]:
     """Top-k accuracy (percent) of ``image_features @ classifier`` against ``labels``.
 
-    A prediction is correct at ``k`` when fewer than ``k`` classes score *strictly* higher than the true class
-    (the retrieval metrics' tie convention; identical to ``logits.topk(k)`` membership when there are no ties).
-    ``k`` larger than the number of classes is clamped (always 100 %), the key keeps the requested ``k``.
+    A prediction is correct at ``k`` when fewer than ``k`` *other* classes score ``>=`` the true class (ties count
+    against the model, module docstring; identical to ``logits.topk(k)`` membership when there are no ties).
+    ``k`` at least the number of classes is therefore always 100 %; the key keeps the requested ``k``.
 
     Args:
         image_features: ``(N, D)`` image embeddings (L2-normalised; a positive logit scale would not change ranks).
@@ -179,6 +186,8 @@ def zero_shot_accuracy(
     ranks = torch.empty(n, dtype=torch.long, device=device)
     for start in range(0, n, chunk_size):
         logits = image_features[start : start + chunk_size].float() @ weights
-        true = logits.gather(1, labels[start : start + chunk_size, None])
-        ranks[start : start + chunk_size] = (logits > true).sum(1)
-    return {f"top{k}": 100.0 * int((ranks < min(k, num_classes)).sum()) / max(n, 1) for k in topk}
+        rows = torch.arange(logits.shape[0], device=device)
+        ranks[start : start + chunk_size] = pessimistic_ranks(
+            logits, rows, labels[start : start + chunk_size]
+        )
+    return {f"top{k}": 100.0 * int((ranks < k).sum()) / max(n, 1) for k in topk}

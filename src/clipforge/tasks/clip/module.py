@@ -24,8 +24,9 @@ class CLIPModule(L.LightningModule):
     Batch keys: ``image`` (B,3,H,W), ``text`` ({input_ids, attention_mask}), ``key`` (B sample keys); evaluation
     batches add ``caption_image_index`` (one entry per caption, every caption of every image is embedded).
     Logged: ``train/contrastive_loss``, ``train/logit_scale``, ``train/global_batch_size``;
-    ``{val,test}/retrieval/<dataset>/{i2t,t2i}_R@{1,5,10}`` and ``{val,test}/rsum`` (first dataset, for
-    checkpoint monitoring). Trainable parts: the heads, the loss's scale (and bias), and each tower unless
+    ``{val,test}/retrieval/<dataset>/{i2t,t2i}_R@{1,5,10}``, ``.../collapsed`` (1.0 with a warning when the image
+    or caption embeddings have collapsed, else 0.0) and ``{val,test}/rsum`` (first dataset, for checkpoint
+    monitoring). Trainable parts: the heads, the loss's scale (and bias), and each tower unless
     ``trainable`` freezes it; frozen towers run in eval mode without gradients.
 
     Args:
@@ -204,8 +205,8 @@ class CLIPModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         names = getattr(datamodule, "eval_names", lambda s: [])(stage) if datamodule is not None else []
         for idx in sorted(self._accumulators):
-            metrics = self._accumulators[idx].compute()
             name = names[idx] if idx < len(names) else f"set{idx}"
+            metrics = self._accumulators[idx].compute(name=f"{stage}/retrieval/{name}")
             for k, v in metrics.items():
                 self.log(f"{stage}/retrieval/{name}/{k}", v, add_dataloader_idx=False, rank_zero_only=True)
             if idx == 0 and "rsum" in metrics:
