@@ -8,7 +8,6 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from clipforge.callbacks.shard_writer import ShardWriter
 from clipforge.cli.train import build
 from clipforge.utils.hydra import CONF_DIR
 from clipforge.utils.task import task_wrapper, write_run_files
@@ -17,6 +16,8 @@ from clipforge.utils.task import task_wrapper, write_run_files
 @task_wrapper
 def generate(cfg: DictConfig) -> tuple[dict, dict]:
     """Run ``trainer.predict`` over ``data.predict``; the prediction writer callback writes the outputs."""
+    from clipforge.callbacks.shard_writer import ShardWriter
+
     write_run_files(cfg, cfg.paths.output_dir)
     objects = build(cfg)
     trainer = objects["trainer"]

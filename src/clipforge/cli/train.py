@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 
 import hydra
-import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -32,6 +31,8 @@ log = logging.getLogger("clipforge")
 
 def build(cfg: DictConfig) -> dict:
     """Instantiate datamodule, model, callbacks, loggers and trainer from a composed config."""
+    import lightning as L  # here, not at import: a bad config is reported before Lightning loads (seconds)
+
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, _convert_="all")
