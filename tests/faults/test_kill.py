@@ -9,10 +9,12 @@ trial that starts fresh interpreters (``python -m clipforge.cli.train``) as a us
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
+from clipforge.utils.hydra import compose
 from tests.helpers.faults import (
     JOBS,
     Launcher,
@@ -77,6 +79,34 @@ def test_kill_at_a_seeded_random_time(name, campaign):
     (point,) = random_points(SEED + list(JOBS).index(name), 1, job, seconds)
     out = campaign["root"] / name / "random"
     _check(chain(campaign["launcher"], job, reference, out, campaign["files"], [point]))
+
+
+def test_error_log_of_a_resumed_job_has_each_bad_row_once(campaign):
+    """Batches of one row, shards of two: the missing photo (img-08) opens shard 4. Killed once its error is logged
+    but before the shard is complete, the rerun computes that shard again: data_errors.jsonl must still hold it
+    once, as the uninterrupted run's does."""
+    base = JOBS["enhance_scores"]
+    job = dataclasses.replace(
+        base,
+        name="enhance_scores_b1",
+        overrides=(*base.overrides, "data.eval_batch_size=1", "data.predict_shard_rows=2"),
+    )
+    root, files, launcher = campaign["root"], campaign["files"], campaign["launcher"]
+    reference = root / job.name / "reference"
+    run(launcher, job, reference, files)
+    trials = chain(launcher, job, reference, root / job.name / "errors", files, ["errors:2"])
+    assert trials[0].landed and trials[0].state.startswith("4/7 shards, not merged")
+    _check(trials)
+
+
+def test_data_errors_are_logged_before_the_shard_that_holds_them_is_final(tmp_path):
+    """Callback order of generation jobs: the error log records a batch's bad rows before the shard writer may
+    complete (and a kill may then skip) their shard, so a kill can never leave a bad row out of data_errors.jsonl."""
+    cfg = compose(
+        ["experiment=enhance_score_demo", "debug=tiny_enhance_score_demo"], "generate", str(tmp_path)
+    )
+    names = list(cfg.callbacks)
+    assert names.index("data_errors") < names.index("shard_writer")
 
 
 def test_training_killed_and_resumed_in_fresh_interpreters(campaign):
