@@ -10,6 +10,7 @@ trial that starts fresh interpreters (``python -m clipforge.cli.train``) as a us
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -117,4 +118,18 @@ def test_training_killed_and_resumed_in_fresh_interpreters(campaign):
         out = campaign["root"] / "clip_train" / "spawned"
         trials = chain(spawned, job, reference, out, campaign["files"], ["ckpt:1"])
     assert trials[0].landed and trials[0].state.startswith("last.ckpt of epoch 0 ")
+    _check(trials)
+
+
+def test_kill_while_last_ckpt_is_written_keeps_the_resume_point(campaign):
+    """The temporary directory on another filesystem than the run (here /dev/shm; on clusters a node-local /tmp and
+    shared checkpoints): last.ckpt must still be replaced in one step, so a kill while it is written leaves the
+    previous epoch's checkpoint, and the rerun from it ends where the uninterrupted run does."""
+    job, (reference, _) = JOBS["clip_train"], campaign["reference"]("clip_train")
+    shm = Path("/dev/shm")
+    env = {"TMPDIR": str(shm)} if shm.is_dir() and os.access(shm, os.W_OK) else {}
+    with Launcher(campaign["root"] / "logs", env=env) as launcher:
+        out = campaign["root"] / "clip_train" / "torn"
+        trials = chain(launcher, job, reference, out, campaign["files"], ["torn"])
+    assert trials[0].landed and trials[0].state.startswith("last.ckpt of epoch ")
     _check(trials)

@@ -14,6 +14,8 @@ to land where it is aimed. Kill points (the state on disk is polled every 10 ms)
 - ``merge``: every shard written, the merged outputs (``summary.json``) not yet;
 - ``errors:<k>``: as soon as ``k`` bad rows are in the run's ``data_errors.jsonl``;
 - ``ckpt:<k>``: training, as soon as this run has written ``last.ckpt`` ``k`` times (end of an epoch);
+- ``torn``: training, while an existing ``last.ckpt`` is being replaced (polled without pause): its temporary file
+  exists, or the file itself is seen empty or shorter than before (rewritten in place);
 - ``random:<t>s``: ``t`` seconds after the start (seeded by the caller), anywhere from start-up to the end.
 
 After each kill the state on disk is recorded (shards, merged or not, leftover temporary files, checkpoint epoch),
@@ -275,17 +277,19 @@ class Launcher:
     Args:
         log_dir: ``CLIPFORGE_LOG_DIR`` of the runs.
         spawn: start every run as a fresh interpreter instead.
+        env: more environment variables of every run (``TMPDIR``...).
     """
 
-    def __init__(self, log_dir: Path, spawn: bool = False) -> None:
+    def __init__(self, log_dir: Path, spawn: bool = False, env: Mapping[str, str] | None = None) -> None:
         self.log_dir, self.spawn, self.proc = log_dir, spawn, None
+        self.env = {**environment(log_dir), **(env or {})}
         if not spawn:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", _LAUNCHER],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
-                env=environment(log_dir),
+                env=self.env,
                 cwd=ROOT,
             )
             if self.proc.stdout.readline().strip() != "ready":
@@ -302,7 +306,7 @@ class Launcher:
             with open(log, "w") as f:
                 popen = subprocess.Popen(
                     [sys.executable, "-m", f"clipforge.cli.{job.entry}", *args],
-                    env=environment(self.log_dir),
+                    env=self.env,
                     cwd=ROOT,
                     stdout=f,
                     stderr=subprocess.STDOUT,
@@ -441,7 +445,7 @@ def kill_at(
     def stamp_now() -> int | None:  # last.ckpt is replaced atomically: a new mtime = one more save
         return last_ckpt(out).stat().st_mtime_ns if last_ckpt(out).exists() else None
 
-    saves, stamp = 0, stamp_now()
+    saves, stamp, largest = 0, stamp_now(), 0
     proc = launcher.start(job, out, [*overrides(job, files), *resume_overrides(job, out), *extra])
     start = time.monotonic()
     try:
@@ -460,6 +464,16 @@ def kill_at(
             elif kind == "errors":
                 log = out / "data_errors.jsonl"
                 hit = log.exists() and log.read_text().count("\n") >= int(arg)
+            elif kind == "torn":  # last.ckpt being rewritten: its temporary file, or itself cut short
+                try:
+                    size = last_ckpt(out).stat().st_size
+                except OSError:
+                    size = None
+                rewritten = size is not None and (size == 0 or size < largest)
+                hit = rewritten or (size is not None and Path(f"{last_ckpt(out)}.tmp").exists())
+                largest = max(largest, size or 0)
+                if not hit:
+                    continue  # no pause: the window is the write of a few MB
             elif kind == "ckpt":
                 now = stamp_now()
                 if now is not None and now != stamp:
