@@ -12,9 +12,10 @@ from omegaconf import OmegaConf
 
 from clipforge.utils.cli_export import convert_node, to_lightning_cli
 from clipforge.utils.hydra import compose
+from clipforge.utils.validate import check_values, validate_config
 from tests.helpers.configs import combinations, compose_cases, tiny_overrides
 
-EXTRA = {"eval": ["ckpt_path=/tmp/none.ckpt"]}
+EXTRA = {"eval": ["ckpt_path={tmp}/none.ckpt"]}  # an existing (empty) file: eval validates ckpt_path
 
 
 def _targets(node, path="cfg"):
@@ -35,12 +36,17 @@ def _locate(target: str):
 
 @pytest.mark.parametrize("primary,experiment,stage,ablation", compose_cases())
 def test_compose_and_bind(primary, experiment, stage, ablation, tmp_path):
+    (tmp_path / "none.ckpt").write_bytes(b"")
+    extra = [x.format(tmp=tmp_path) for x in EXTRA.get(primary, [])]
     cfg = compose(
-        [f"experiment={experiment}", f"ablation/{stage}={ablation}", *EXTRA.get(primary, [])],
+        [f"experiment={experiment}", f"ablation/{stage}={ablation}", *extra],
         primary,
         output_dir=str(tmp_path),
     )
     job = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    check_values(
+        job, missing_ok=True
+    )  # no false positives of the entry points' validation (values left to fill aside)
     found = 0
     for _path, node in _targets(job):
         target = _locate(node["_target_"])
@@ -136,6 +142,7 @@ def test_hydra_cli_round_trip(experiment, stage, ablation, tmp_path):
     from clipforge.cli.lightning_cli import main as cli_main
 
     cfg = compose([*tiny_overrides(experiment), f"ablation/{stage}={ablation}"], output_dir=str(tmp_path))
+    validate_config(cfg, "train")  # what clipforge-train checks first: the tiny overlays pass as they are
     h_model = instantiate(cfg.model, _convert_="all")
     h_data = instantiate(cfg.data, _convert_="all")
     path = tmp_path / "run.cli.yaml"
@@ -184,3 +191,4 @@ def test_every_sweep_value_composes(sweep, tmp_path):
         for value in str(values).split(","):
             cfg = compose([*tiny_overrides(experiment), f"{key}={value}"], output_dir=str(tmp_path))
             assert cfg.get("data") is not None
+            validate_config(cfg, "train")

@@ -17,27 +17,15 @@ from PIL import Image
 
 from clipforge.callbacks.shard_writer import read_shards
 from tests.helpers.echo_module import fingerprint
+from tests.helpers.photos import BAD, write_photo_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
-BAD = {"img-03": "corrupt", "img-08": "missing"}
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
     """14 rows: 12 distinct small photos, one corrupt file and one missing file, as a JSONL source."""
-    root = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(14):
-        key, name = f"img-{i:02d}", f"img-{i:02d}.png"
-        if BAD.get(key) == "corrupt":
-            (root / name).write_bytes(b"not an image")
-        elif key not in BAD:
-            arr = rng.integers(0, 255, size=(8 + i, 10 + 2 * i, 3), dtype=np.uint8)
-            Image.fromarray(arr).save(root / name)
-        rows.append({"key": key, "image": name, "caption": f"caption of {key}"})
-    (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
+    return write_photo_jsonl(tmp_path_factory.mktemp("photos")).parent
 
 
 def _cmd(photos: Path, out: Path, *extra: str) -> list[str]:

@@ -16,8 +16,10 @@ class DataErrorLog(L.Callback):
     Two kinds of errors are recorded: index-time errors of the datamodule (``index_errors_by_split``: malformed
     lines, empty or non-UTF-8 captions, rows without a valid caption...) when it is set up, and ``batch["errors"]``
     (images that failed to load or transform) at the end of every train/val/test/predict batch. Each distinct
-    ``(split, key, reason)`` is written once per run as ``{"split", "key", "reason"[, "source"]}``, however many
-    epochs meet it. With several processes each rank writes its own file, ``<stem>.rank{r}<ext>``.
+    ``(split, key, reason)`` is written once per output folder as ``{"split", "key", "reason"[, "source"]}``, however
+    many epochs meet it: a rerun into the same folder (a generation job resumed after a kill, training resumed from
+    ``last.ckpt``) first reads the errors already in the file and appends only new ones. With several processes each
+    rank writes its own file, ``<stem>.rank{r}<ext>``.
     ``{split}/data_errors`` (train, val, test) is the number of failed rows per epoch (summed over batches).
 
     Args:
@@ -25,7 +27,7 @@ class DataErrorLog(L.Callback):
         filename: file name of the JSON lines.
 
     Attributes:
-        counts: number of distinct errors written so far, per split.
+        counts: number of distinct errors in the file, per split.
     """
 
     def __init__(self, dirpath: str | None = None, filename: str = "data_errors.jsonl") -> None:
@@ -43,10 +45,32 @@ class DataErrorLog(L.Callback):
                 name = f"{stem}.rank{trainer.global_rank}{ext}"
             os.makedirs(folder, exist_ok=True)
             self.path = os.path.join(folder, name)
+            self._read_existing(self.path)
         return self.path
+
+    def _read_existing(self, path: str) -> None:
+        """Mark the errors an earlier run wrote to ``path`` as seen (a line cut by a kill is written again)."""
+        if not os.path.exists(path):
+            return
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+        complete, tail = lines[:-1], lines[-1]  # the text after the last newline is a line cut short
+        for line in complete:
+            try:
+                err = json.loads(line)
+                ident = (str(err["split"]), str(err["key"]), str(err["reason"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+            if ident not in self._seen:
+                self._seen.add(ident)
+                self.counts[ident[0]] = self.counts.get(ident[0], 0) + 1
+        if tail:  # drop the cut line so that the file stays valid JSON lines
+            with open(path, "r+", encoding="utf-8") as f:
+                f.truncate(len("\n".join(complete).encode("utf-8")) + (1 if complete else 0))
 
     def record(self, trainer: L.Trainer, split: str, errors: list[Mapping[str, Any]]) -> int:
         """Append the errors not seen before; returns how many were new."""
+        path = self._file(trainer)  # first call: reads what an earlier run into this folder wrote
         lines = []
         for err in errors:
             ident = (split, str(err["key"]), str(err["reason"]))
@@ -58,7 +82,7 @@ class DataErrorLog(L.Callback):
                 json.dumps({"split": split, **{k: err[k] for k in ("key", "reason", "source") if k in err}})
             )
         if lines:
-            with open(self._file(trainer), "a", encoding="utf-8") as f:
+            with open(path, "a", encoding="utf-8") as f:
                 f.write("\n".join(lines) + "\n")
         return len(lines)
 

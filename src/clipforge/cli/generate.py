@@ -18,6 +18,8 @@ from clipforge.utils.task import task_wrapper, write_run_files
 @task_wrapper
 def generate(cfg: DictConfig) -> tuple[dict, dict]:
     """Run ``trainer.predict`` over ``data.predict``; the prediction writer callback writes the outputs."""
+    from clipforge.callbacks.shard_writer import ShardWriter
+
     write_run_files(cfg, cfg.paths.output_dir)
     objects = build(cfg)
     trainer = objects["trainer"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 
 import hydra
-import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -35,6 +34,8 @@ def build(cfg: DictConfig) -> dict:
     The callbacks of ``cfg.callbacks`` come first, then the ones every run has
     (:mod:`clipforge.callbacks.checkpoint`: plain hyper-parameters, metrics in checkpoints).
     """
+    import lightning as L  # here, not at import: a bad config is reported before Lightning loads (seconds)
+
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, _convert_="all")

@@ -105,6 +105,11 @@ class ImageTextDataModule(L.LightningDataModule):
         super().__init__()
         if caption_sampling not in CAPTION_SAMPLING:
             raise ValueError(f"caption_sampling={caption_sampling!r} is not one of {CAPTION_SAMPLING}")
+        for name, count in (("batch_size", batch_size), ("predict_shard_rows", predict_shard_rows)):
+            if (
+                isinstance(count, bool) or not isinstance(count, int) or count < 1
+            ):  # 0 / -3 rows: an empty plan
+                raise ValueError(f"{name}={count} must be a positive integer")
         for name, ratio in (("rewrite_ratio", rewrite_ratio), ("remove_ratio", remove_ratio)):
             if ratio is not None and not 0.0 <= ratio <= 1.0:
                 raise ValueError(f"{name}={ratio} must be in [0, 1]")

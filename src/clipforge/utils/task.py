@@ -10,7 +10,6 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 
-import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,8 +21,9 @@ log = logging.getLogger("clipforge")
 def task_wrapper(
     task: Callable[[DictConfig], tuple[dict, dict]],
 ) -> Callable[[DictConfig], tuple[dict, dict]]:
-    """Turn data-config errors and refusals (an output folder another live job writes, a checkpoint that needs
-    unrestricted unpickling) into one clear line (exit status 2) and always close experiment trackers (wandb) so
+    """Validate the composed config before the task builds anything (:func:`~clipforge.utils.validate.validate_config`),
+    turn config and data-config errors and refusals (an output folder another live job writes, a checkpoint that
+    needs unrestricted unpickling) into one clear line (exit code 2) and always close experiment trackers (wandb) so
     the next job of a multirun starts clean."""
 
     @functools.wraps(task)
@@ -31,10 +31,12 @@ def task_wrapper(
         from clipforge.data.errors import DataConfigError
         from clipforge.utils.checkpoint import UntrustedCheckpointError
         from clipforge.utils.locks import FolderLockedError
+        from clipforge.utils.validate import ConfigValueError, validate_config
 
         try:
+            validate_config(cfg, stage=task.__name__)
             return task(cfg)
-        except (DataConfigError, FolderLockedError, UntrustedCheckpointError) as e:
+        except (DataConfigError, ConfigValueError, FolderLockedError, UntrustedCheckpointError) as e:
             log.error("%s", e)
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
@@ -59,6 +61,8 @@ def write_run_files(cfg: DictConfig, output_dir: str) -> None:
 
 def flat_metrics(metrics: Mapping) -> dict[str, float]:
     """Scalar metrics as ``{key: float}`` (tensors unwrapped, NaN kept as ``null``-able floats)."""
+    import torch
+
     out = {}
     for k, v in metrics.items():
         if isinstance(v, torch.Tensor):
