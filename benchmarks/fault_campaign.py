@@ -8,7 +8,8 @@ Per job (tests/helpers/faults.py lists them: recap captioning, enhance scoring, 
 CLIP training): one uninterrupted reference run, one chain of progress-point kills (after 1 shard, after 3 shards,
 between the last shard and the merge; training: after epoch 0's checkpoint, then the rerun after epoch 1's), each
 rerun killed at the next point and the last one run to completion, then ``--trials`` independent kills at seeded
-random times, each followed by one rerun. Every run is its own process, killed with its process group: forked from
+random times, each followed by one rerun; then the kills aimed at known windows (``TARGETED``: a bad row logged but
+its shard unfinished; ``last.ckpt`` being replaced with ``TMPDIR`` on another filesystem). Every run is its own process, killed with its process group: forked from
 a pre-imported launcher, or with ``--spawn`` a fresh ``python -m clipforge.cli.<entry>`` (slow: 10-30 s of imports
 per run on a shared 2-core machine). Prints a Markdown table of every trial and a summary per job; exits 1 if any trial lost,
 duplicated or changed a row (or a final weight, beyond 1e-6).
@@ -28,6 +29,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 from tests.helpers.faults import (  # noqa: E402
     JOBS,
+    TARGETED,
     Launcher,
     chain,
     prepare,
@@ -38,7 +40,9 @@ from tests.helpers.faults import (  # noqa: E402
 )
 
 
-def campaign(jobs: list[str], trials: int, seed: int, root: Path, spawn: bool) -> tuple[list, dict]:
+def campaign(
+    jobs: list[str], trials: int, seed: int, root: Path, spawn: bool, targeted: bool = True
+) -> tuple[list, dict]:
     """Run the campaign in ``root``; returns the trials and the reference run time per job."""
     files = prepare(root / "inputs")
     results, reference_s = [], {}
@@ -51,6 +55,15 @@ def campaign(jobs: list[str], trials: int, seed: int, root: Path, spawn: bool) -
             for k, point in enumerate(random_points(seed + i, trials, job, reference_s[name])):
                 results += chain(launcher, job, reference, root / name / f"random{k}", files, [point])
             print(table([t for t in results if t.job == name]).split("\n", 2)[-1], flush=True)
+        if targeted:
+            for job, point, env in TARGETED.values():
+                reference = root / job.name / "reference"
+                if job.name not in reference_s:
+                    reference_s[job.name] = run(launcher, job, reference, files)
+                with Launcher(root / "logs", spawn=spawn, env=env) as special:
+                    out = root / job.name / f"targeted-{point}"
+                    results += chain(special, job, reference, out, files, [point])
+                print(table(results[-1:]).split("\n", 2)[-1], flush=True)
     return results, reference_s
 
 
@@ -62,11 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", nargs="+", default=list(JOBS), choices=list(JOBS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spawn", action="store_true", help="start every run as a fresh interpreter")
+    parser.add_argument("--no-targeted", action="store_true", help="skip the kills aimed at known windows")
     parser.add_argument("--json", help="also write every trial to this file")
     args = parser.parse_args(argv)
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fault_campaign_") as tmp:
-        results, reference_s = campaign(args.jobs, args.trials, args.seed, Path(tmp), args.spawn)
+        results, reference_s = campaign(
+            args.jobs, args.trials, args.seed, Path(tmp), args.spawn, not args.no_targeted
+        )
     elapsed = time.monotonic() - start
     print()
     print(table(results))
@@ -75,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         "| job | trials | kills landed | lost | duplicated | different | outputs differ | reference run (s) |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name in args.jobs:
+    for name in dict.fromkeys(t.job for t in results):
         rows = [t for t in results if t.job == name]
         print(
             f"| {name} | {len(rows)} | {sum(t.landed for t in rows)} | {sum(t.lost for t in rows)} | "

@@ -9,8 +9,6 @@ trial that starts fresh interpreters (``python -m clipforge.cli.train``) as a us
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ import pytest
 from clipforge.utils.hydra import compose
 from tests.helpers.faults import (
     JOBS,
+    TARGETED,
     Launcher,
     chain,
     prepare,
@@ -86,16 +85,11 @@ def test_error_log_of_a_resumed_job_has_each_bad_row_once(campaign):
     """Batches of one row, shards of two: the missing photo (img-08) opens shard 4. Killed once its error is logged
     but before the shard is complete, the rerun computes that shard again: data_errors.jsonl must still hold it
     once, as the uninterrupted run's does."""
-    base = JOBS["enhance_scores"]
-    job = dataclasses.replace(
-        base,
-        name="enhance_scores_b1",
-        overrides=(*base.overrides, "data.eval_batch_size=1", "data.predict_shard_rows=2"),
-    )
+    job, point, env = TARGETED["error_log"]
     root, files, launcher = campaign["root"], campaign["files"], campaign["launcher"]
     reference = root / job.name / "reference"
     run(launcher, job, reference, files)
-    trials = chain(launcher, job, reference, root / job.name / "errors", files, ["errors:2"])
+    trials = chain(launcher, job, reference, root / job.name / "errors", files, [point])
     assert trials[0].landed and trials[0].state.startswith("4/7 shards, not merged")
     _check(trials)
 
@@ -125,11 +119,10 @@ def test_kill_while_last_ckpt_is_written_keeps_the_resume_point(campaign):
     """The temporary directory on another filesystem than the run (here /dev/shm; on clusters a node-local /tmp and
     shared checkpoints): last.ckpt must still be replaced in one step, so a kill while it is written leaves the
     previous epoch's checkpoint, and the rerun from it ends where the uninterrupted run does."""
-    job, (reference, _) = JOBS["clip_train"], campaign["reference"]("clip_train")
-    shm = Path("/dev/shm")
-    env = {"TMPDIR": str(shm)} if shm.is_dir() and os.access(shm, os.W_OK) else {}
+    job, point, env = TARGETED["torn_checkpoint"]
+    reference, _ = campaign["reference"](job.name)
     with Launcher(campaign["root"] / "logs", env=env) as launcher:
-        out = campaign["root"] / "clip_train" / "torn"
-        trials = chain(launcher, job, reference, out, campaign["files"], ["torn"])
+        out = campaign["root"] / job.name / "torn"
+        trials = chain(launcher, job, reference, out, campaign["files"], [point])
     assert trials[0].landed and trials[0].state.startswith("last.ckpt of epoch ")
     _check(trials)

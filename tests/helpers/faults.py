@@ -151,6 +151,33 @@ JOBS = {
 }
 
 
+def _variant(name: str, base: str, *extra: str) -> Job:
+    job = JOBS[base]
+    return Job(name, job.what, job.entry, (*job.overrides, *extra), job.batches)
+
+
+def _shm() -> dict[str, str]:
+    """``TMPDIR`` on a filesystem other than the run folder's (``/dev/shm``), where the machine has one."""
+    shm = Path("/dev/shm")
+    return {"TMPDIR": str(shm)} if shm.is_dir() and os.access(shm, os.W_OK) else {}
+
+
+TARGETED: dict[str, tuple[Job, str, dict[str, str]]] = {
+    # one-row batches, two-row shards: the missing photo img-08 opens shard 4; killed once it is logged, before the
+    # shard is complete, the rerun computes shard 4 again (the error log must not hold it twice)
+    "error_log": (
+        _variant(
+            "enhance_scores_b1", "enhance_scores", "data.eval_batch_size=1", "data.predict_shard_rows=2"
+        ),
+        "errors:2",
+        {},
+    ),
+    # TMPDIR on another filesystem (node-local /tmp, shared checkpoints): killed while last.ckpt is replaced
+    "torn_checkpoint": (JOBS["clip_train"], "torn", _shm()),
+}
+"""Kills aimed at one known window each: ``(job, kill point, extra environment)``."""
+
+
 def prepare(root: Path) -> dict[str, str]:
     """Write the campaign's inputs to ``root``: the photo source and two tiny local models (a chat Llama for the
     captioner, a Llama for the caption encoder), so that no job loads a real tokenizer (seconds each)."""
