@@ -287,7 +287,7 @@ def test_datamodule_refuses_a_shard_size_that_would_write_no_rows():
 # -- the console scripts ----------------------------------------------------------------------------------------
 PROBE = (
     "import atexit, sys\n"
-    "atexit.register(lambda: print('heavy modules:', sorted({'torch', 'lightning'} & set(sys.modules))))\n"
+    "atexit.register(lambda: print('heavy modules:', sorted({'lightning', 'transformers', 'timm'} & set(sys.modules))))\n"
     "from clipforge.cli.MODULE import ENTRY\n"
     "sys.argv[0] = 'clipforge-NAME'\n"
     "ENTRY()\n"
@@ -346,7 +346,9 @@ def test_console_script_exits_2_with_one_line_before_loading_anything(name, over
     r = _run_script(name, overrides, tmp_path)
     assert r.returncode == 2, r.stderr[-3000:]
     assert r.stderr.splitlines() == [line]
-    assert "heavy modules: []" in r.stdout  # neither torch nor Lightning was imported: no model, no data
+    assert (
+        "heavy modules: []" in r.stdout
+    )  # neither Lightning nor a model library was imported: no model, no data
     assert not (tmp_path / "run" / "config.yaml").exists()  # the task's run files were never written
 
 
@@ -360,5 +362,5 @@ def test_console_script_runs_a_valid_config(tmp_path):
     ]
     r = _run_script("generate", [*valid, "callbacks.shard_writer.merge_path=null"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "heavy modules: ['lightning', 'torch']" in r.stdout
+    assert "heavy modules: ['lightning'" in r.stdout
     assert (tmp_path / "run" / "summary.json").exists()

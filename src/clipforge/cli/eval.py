@@ -15,7 +15,6 @@ import hydra
 from omegaconf import DictConfig
 
 from clipforge.cli.train import build, weights_only
-from clipforge.utils.checkpoint import refuse_untrusted
 from clipforge.utils.hydra import CONF_DIR
 from clipforge.utils.task import flat_metrics, print_metrics, task_wrapper, write_metrics, write_run_files
 
@@ -23,6 +22,9 @@ from clipforge.utils.task import flat_metrics, print_metrics, task_wrapper, writ
 @task_wrapper
 def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     """Validate (or test, when ``data.test`` is set) ``cfg.ckpt_path``; write ``metrics.json``."""
+    # imported here (they import torch): a bad config is reported before torch and Lightning load
+    from clipforge.utils.checkpoint import refuse_untrusted
+
     write_run_files(cfg, cfg.paths.output_dir)
     objects = build(cfg)
     trainer, model, datamodule = objects["trainer"], objects["model"], objects["datamodule"]

@@ -8,9 +8,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from clipforge.callbacks.shard_writer import ShardWriter
 from clipforge.cli.train import build, weights_only
-from clipforge.utils.checkpoint import refuse_untrusted
 from clipforge.utils.hydra import CONF_DIR
 from clipforge.utils.task import task_wrapper, write_run_files
 
@@ -18,7 +16,9 @@ from clipforge.utils.task import task_wrapper, write_run_files
 @task_wrapper
 def generate(cfg: DictConfig) -> tuple[dict, dict]:
     """Run ``trainer.predict`` over ``data.predict``; the prediction writer callback writes the outputs."""
+    # imported here (they import torch): a bad config is reported before torch and Lightning load
     from clipforge.callbacks.shard_writer import ShardWriter
+    from clipforge.utils.checkpoint import refuse_untrusted
 
     write_run_files(cfg, cfg.paths.output_dir)
     objects = build(cfg)

@@ -13,8 +13,6 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from clipforge.callbacks.checkpoint import MetricsState, PlainHyperparameters
-from clipforge.utils.checkpoint import refuse_untrusted, trusts_checkpoints
 from clipforge.utils.hydra import CONF_DIR, instantiate_dict
 from clipforge.utils.task import (
     flat_metrics,
@@ -35,6 +33,8 @@ def build(cfg: DictConfig) -> dict:
     (:mod:`clipforge.callbacks.checkpoint`: plain hyper-parameters, metrics in checkpoints).
     """
     import lightning as L  # here, not at import: a bad config is reported before Lightning loads (seconds)
+
+    from clipforge.callbacks.checkpoint import MetricsState, PlainHyperparameters
 
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
@@ -58,12 +58,18 @@ def build(cfg: DictConfig) -> dict:
 def weights_only(cfg: DictConfig) -> bool:
     """How the job loads checkpoints: ``weights_only=True`` unless ``trust_checkpoint`` (or the environment, see
     :mod:`clipforge.utils.checkpoint`) opts in to unrestricted unpickling."""
+    from clipforge.utils.checkpoint import trusts_checkpoints
+
     return not trusts_checkpoints(cfg.get("trust_checkpoint"))
 
 
 @task_wrapper
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Fit, then validate (or test, when ``data.test`` is set) the best checkpoint; write ``metrics.json``."""
+    # imported here (they import torch): a bad config is reported before torch and Lightning load
+    from clipforge.callbacks.checkpoint import MetricsState
+    from clipforge.utils.checkpoint import refuse_untrusted
+
     out_dir = cfg.paths.output_dir
     write_run_files(cfg, out_dir)
     objects = build(cfg)

@@ -29,14 +29,20 @@ def task_wrapper(
     @functools.wraps(task)
     def wrapped(cfg: DictConfig) -> tuple[dict, dict]:
         from clipforge.data.errors import DataConfigError
-        from clipforge.utils.checkpoint import UntrustedCheckpointError
         from clipforge.utils.locks import FolderLockedError
         from clipforge.utils.validate import ConfigValueError, validate_config
 
         try:
             validate_config(cfg, stage=task.__name__)
             return task(cfg)
-        except (DataConfigError, ConfigValueError, FolderLockedError, UntrustedCheckpointError) as e:
+        except Exception as e:
+            # the checkpoint module imports torch: only looked up once something failed
+            from clipforge.utils.checkpoint import UntrustedCheckpointError
+
+            if not isinstance(
+                e, DataConfigError | ConfigValueError | FolderLockedError | UntrustedCheckpointError
+            ):
+                raise
             log.error("%s", e)
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
