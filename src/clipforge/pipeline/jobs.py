@@ -152,8 +152,14 @@ def _run_inprocess(job: Job, extra: Sequence[str]) -> dict:
         from clipforge.cli.generate import generate as task
     else:
         raise ValueError(f"unknown primary {job.primary!r}")
-    with _job_log(os.path.join(job.output_dir, "job.log")):
-        _, objects = task(cfg)
+    from clipforge.utils import task as task_module
+
+    task_module.PRINT_ERRORS = False  # the pipeline prints the one line, naming the step
+    try:
+        with _job_log(os.path.join(job.output_dir, "job.log")):
+            _, objects = task(cfg)
+    finally:
+        task_module.PRINT_ERRORS = True
     return _counts(job, objects)
 
 

@@ -17,6 +17,9 @@ from clipforge.utils.cli_export import to_lightning_cli
 
 log = logging.getLogger("clipforge")
 
+PRINT_ERRORS = True
+"""Print a task's one-line error on stderr (off while ``clipforge-pipeline`` runs the task and reports it itself)."""
+
 
 def task_wrapper(
     task: Callable[[DictConfig], tuple[dict, dict]],
@@ -44,7 +47,8 @@ def task_wrapper(
             ):
                 raise
             log.error("%s", e)
-            print(f"error: {e}", file=sys.stderr)
+            if PRINT_ERRORS:
+                print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         finally:
             if "wandb" in sys.modules:
