@@ -359,8 +359,14 @@ def _recall_figure(comparison: Mapping, arms: Sequence[str], metrics: Sequence[s
     ax.set_title(f"R@1 per arm, {comparison.get('folds', '?')} folds, ~{_num(n, 1)} held-out images per fold")
     ax.set_xlim(-0.5, len(arms) + 0.9)
     ax.legend(fontsize=8, loc="upper left")
+    return _save_figure(fig, out / "recall_at_1.png")
+
+
+def _save_figure(fig, path: Path) -> str:
+    """Lay out, write and close a matplotlib figure; returns the file's path."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    path = out / "recall_at_1.png"
     fig.savefig(path)
     plt.close(fig)
     return str(path)
@@ -575,11 +581,7 @@ def _scores_figure(before: Sequence[int], after: Sequence[int], out: Path) -> st
     ax.set_ylabel("captions")
     ax.set_title("Caption scores before and after enhancement")
     ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    path = out / "score_hist.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return str(path)
+    return _save_figure(fig, out / "score_hist.png")
 
 
 def _score_badges(entry: Mapping) -> str:

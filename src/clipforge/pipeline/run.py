@@ -48,15 +48,16 @@ def _source_records(cfg: DictConfig) -> list:
 
 
 def _folds(cfg: DictConfig, records: list) -> dict[str, int]:
-    from clipforge.data.split import fold_of, key_fraction
+    from clipforge.data.specs import DatasetSpec
+    from clipforge.data.split import fold_of, side_of
 
     k = int(cfg.pipeline.folds or 0)
     if has_val_source(cfg):
         return {r.key: -1 for r in records}
     if k >= 2:
         return {r.key: fold_of(r.key, k) for r in records}
-    frac = float(cfg.data.holdout_fraction)
-    return {r.key: 0 if key_fraction(r.key) < frac else -1 for r in records}
+    holdout = DatasetSpec(**splits(cfg)[0].fields)  # the split rule the arms' specs use
+    return {r.key: 0 if side_of(r.key, holdout) == "val" else -1 for r in records}
 
 
 def _heldout_caption_counts(cfg: DictConfig, split) -> tuple[list[int], int]:

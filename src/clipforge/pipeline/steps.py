@@ -195,9 +195,8 @@ def plan_jobs(cfg: DictConfig, run_dir: str) -> Plan:
             plan.enhancer = str(enhancer)
         else:
             aligned, train_after = None, []
-            if node.align.get(
-                "experiment"
-            ):  # caption alignment of the projector first (null: start from scratch)
+            # caption alignment of the projector first (align.experiment: null = start from scratch)
+            if node.align.get("experiment"):
                 align = Job(
                     "enhance/align",
                     "train",
@@ -273,6 +272,30 @@ def plan_jobs(cfg: DictConfig, run_dir: str) -> Plan:
 
     zero_shot = src.get("path") == "demo" and bool(cfg.pipeline.eval.get("zero_shot", True))
 
+    def add_arm(
+        arm: str,
+        experiment: str,
+        overrides: list[str],
+        fields: Mapping,
+        after: list[str],
+        folder: str | None = None,
+    ) -> None:
+        """One training job of ``arm`` per split and seed, each scored on its split's held-out images."""
+        for split in folds:
+            for seed in seeds:
+                run = f"{split.name}_s{seed}"
+                job = Job(
+                    f"{folder or arm}/{run}",
+                    "train",
+                    experiment,
+                    [*overrides, *arm_data(split, fields, seed, zero_shot)],
+                    os.path.join(step_dir, *(folder or arm).split("/"), run),
+                    after=after,
+                    resume_from_checkpoint=True,
+                )
+                plan.add(job, {"metrics": os.path.join(job.output_dir, "metrics.json")})
+                plan.arm_runs.setdefault(arm, []).append((split, seed, job.name))
+
     # -- llm2clip: (stage 1 on the final caption groups), the embedding cache, stage 2 per split and seed -------
     if "llm2clip" in steps and "llm2clip" in arms:
         node = _step(cfg, "llm2clip")
@@ -311,24 +334,17 @@ def plan_jobs(cfg: DictConfig, run_dir: str) -> Plan:
         )
         shards = os.path.join(embed.output_dir, "shards")
         plan.add(embed, {"shards": shards})
-        for split in folds:
-            for seed in seeds:
-                job = Job(
-                    f"llm2clip/{split.name}_s{seed}",
-                    "train",
-                    node.train.experiment,
-                    [
-                        *_user_overrides(node.train),
-                        override("llm2clip_encoder", encoder),
-                        override("llm2clip_cache", shards),
-                        *arm_data(split, {**final, "text_embeddings": shards}, seed, zero_shot),
-                    ],
-                    os.path.join(step_dir, "llm2clip", f"{split.name}_s{seed}"),
-                    after=[*after, embed.name],
-                    resume_from_checkpoint=True,
-                )
-                plan.add(job, {"metrics": os.path.join(job.output_dir, "metrics.json")})
-                plan.arm_runs.setdefault("llm2clip", []).append((split, seed, job.name))
+        add_arm(
+            "llm2clip",
+            node.train.experiment,
+            [
+                *_user_overrides(node.train),
+                override("llm2clip_encoder", encoder),
+                override("llm2clip_cache", shards),
+            ],
+            {**final, "text_embeddings": shards},
+            [*after, embed.name],
+        )
 
     # -- train: the CLIP recipe on each arm's captions, same images / seeds / budget ---------------------------
     if "train" in steps:
@@ -347,17 +363,5 @@ def plan_jobs(cfg: DictConfig, run_dir: str) -> Plan:
             else:
                 fields = table_spec(enhanced)
                 after, extra = [enhance_job.name], []
-            for split in folds:
-                for seed in seeds:
-                    job = Job(
-                        f"train/{arm}/{split.name}_s{seed}",
-                        "train",
-                        experiment,
-                        [*_user_overrides(node), *extra, *arm_data(split, fields, seed, zero_shot)],
-                        os.path.join(step_dir, "train", arm, f"{split.name}_s{seed}"),
-                        after=after,
-                        resume_from_checkpoint=True,
-                    )
-                    plan.add(job, {"metrics": os.path.join(job.output_dir, "metrics.json")})
-                    plan.arm_runs.setdefault(arm, []).append((split, seed, job.name))
+            add_arm(arm, experiment, [*_user_overrides(node), *extra], fields, after, folder=f"train/{arm}")
     return plan
