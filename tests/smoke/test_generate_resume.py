@@ -47,7 +47,9 @@ def _cmd(photos: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _env(tmp: Path) -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "CLIPFORGE_LOG_DIR": str(tmp), "OMP_NUM_THREADS": "1"}
+    # this checkout's sources first, whatever clipforge the venv has installed
+    path = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
+    return {**os.environ, "PYTHONPATH": path, "CLIPFORGE_LOG_DIR": str(tmp), "OMP_NUM_THREADS": "1"}
 
 
 def _run(photos: Path, out: Path, *extra: str) -> None:
