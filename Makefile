@@ -1,14 +1,22 @@
 # clipforge developer commands. `make demo` and `make test` set everything up on a fresh machine first.
+# `make` (or `make help`) lists the targets: every target documents itself with a `## ...` comment.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# what ruff and codespell check (mypy's files are in pyproject.toml)
+LINT_PATHS := src tests benchmarks experiments notebooks
+SPELL_PATHS := $(LINT_PATHS) conf docs README.md CONTRIBUTING.md BENCHMARKS.md RELIABILITY.md Makefile pyproject.toml
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: setup demo test test-all lint bench clean
+.DEFAULT_GOAL := help
+.PHONY: help setup hooks demo test test-all lint format bench clean
 
-setup: $(VENV)/.installed
+help:  ## list the targets
+	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-zA-Z][a-zA-Z_-]*:[^=]*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: $(VENV)/.installed  ## create .venv and install clipforge with the dev and demo extras (pinned versions)
 
 $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +28,9 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(BIN)/pip install -q --no-deps -c requirements/constraints.txt clip-benchmark
 	touch $@
 
+hooks: setup  ## install the pre-commit hooks (ruff, ruff-format, codespell) into this git checkout
+	$(BIN)/pre-commit install
+
 demo: setup  ## the whole pipeline (recap -> enhance -> llm2clip -> train -> eval -> report) on the embedded photos
 	$(BIN)/clipforge-pipeline
 
@@ -29,11 +40,17 @@ test: setup  ## default test tier (unit, configs, smoke); < 15 min on 2 CPU core
 test-all: setup  ## everything, slow tier included (sweeps, DDP, SmolLM2)
 	$(BIN)/pytest -q --durations=25
 
-lint: setup
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+lint: setup  ## ruff check + format check, codespell, mypy on models/ and losses/
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/codespell $(SPELL_PATHS)
+	$(BIN)/mypy
 
-bench: setup
+format: setup  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix $(LINT_PATHS)
+	$(BIN)/ruff format $(LINT_PATHS)
+
+bench: setup  ## the speed / memory benchmarks of BENCHMARKS.md (ENHANCER=<folder> adds the enhancer's)
 	$(BIN)/python benchmarks/bench_retrieval.py
 	$(BIN)/python benchmarks/bench_clip_train.py
 	$(BIN)/python benchmarks/bench_shear.py
@@ -45,5 +62,5 @@ bench: setup
 	$(if $(ENHANCER),PYTHONPATH=. $(BIN)/python benchmarks/bench_enhance_score.py --model_path $(ENHANCER) --repeats 3 --vision-chunk-size 4 --pairs 40 --captions-per-photo 5 --batch-sizes 8 16 40 --no-lengths)
 	$(if $(ENHANCER),PYTHONPATH=. $(BIN)/python benchmarks/bench_enhance_score.py --model_path $(ENHANCER) --repeats 3 --vision-chunk-size 4 --dtype bfloat16 --no-lengths)
 
-clean:
-	rm -rf $(VENV) logs .pytest_cache
+clean:  ## remove .venv, logs and caches
+	rm -rf $(VENV) logs .pytest_cache .mypy_cache .ruff_cache

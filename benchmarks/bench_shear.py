@@ -7,11 +7,13 @@ Pairs: for every caption group of the COCO caption file (4,000 images x 5 human 
 extended = captions #2 and #3 joined (longer than the raw caption, like an MLLM's description), so every pair is
 cut. Both implementations cut to the raw caption's CLIP BPE token count (open_clip's ``SimpleTokenizer``):
 
-- peer (SPEC A.3 reference rule): ``L = len(tok.encode(raw)); tok.decode(tok.encode(ext)[:L])``;
+- peer (the encode / cut / decode rule): ``L = len(tok.encode(raw)); tok.decode(tok.encode(ext)[:L])``;
 - clipforge: per-word token counts (cached), cut at a word boundary.
 
 One process, one thread (the rule is pure Python). Each repeat is a fresh pass over all pairs with warm caches of
 the tokenizer (both tools keep theirs across calls); the first pass of each is reported separately (cold).
+
+Design notes: docs/design/recap.md#text-shearing.
 """
 
 from __future__ import annotations

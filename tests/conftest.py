@@ -8,6 +8,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the configs' paths.data_dir (CLIPFORGE_DATA_DIR) follows the tests' shared data dir (tests/helpers/shared_data.py)
+if os.environ.get("CLIPFORGE_SHARED_DATA"):
+    os.environ.setdefault("CLIPFORGE_DATA_DIR", os.environ["CLIPFORGE_SHARED_DATA"])
 
 import pytest  # noqa: E402
 

@@ -3,9 +3,11 @@
 ``OfficialTextProj`` re-states ``llm2clip/eva_clip/model.py::TextProj`` / ``LinearBlock`` module by module, so its
 ``state_dict`` has the official parameter names (``{k}.ln``, ``{k}.fn.0``, ``{k}.fn.3``, then a LayerNorm and a
 Linear) and its forward is the reference (the L2 normalisation of the input happens first, as in the released
-Hugging Face adapter and SPEC C.5). The layout builders turn tiny timm / transformers models into state dicts named
+Hugging Face adapter). The layout builders turn tiny timm / transformers models into state dicts named
 like the released checkpoints: EVA-CLIP's ``visual.*`` (with either ``q_bias``/``v_bias`` or LLM2CLIP's renamed
 ``q_proj.bias``/``v_proj.bias``) and Hugging Face CLIP's ``vision_model.*``.
+
+Design notes: docs/design/llm2clip.md#stage-2-the-adapter.
 """
 
 from __future__ import annotations

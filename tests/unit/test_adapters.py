@@ -17,7 +17,7 @@ from clipforge.models.adapters import (
 
 
 def _naive_textproj(adapter: TextProj, e: torch.Tensor) -> torch.Tensor:
-    """x = e / |e|; x += W2 gelu(W1 LN_k(x) + b1) + b2 per block; t = Wp LN(x) + bp (SPEC C.5), op by op."""
+    """x = e / |e|; x += W2 gelu(W1 LN_k(x) + b1) + b2 per block; t = Wp LN(x) + bp (TextProj), op by op."""
 
     def layer_norm(x, norm):
         mu, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
@@ -59,7 +59,7 @@ def test_textproj_shapes_and_options():
 
 @pytest.mark.parametrize(("dim", "params"), [(4096, 273.8e6), (2048, 69.8e6)])
 def test_llm2clip_adapter_parameter_counts(dim, params):
-    """SPEC C.5: 273.8M parameters for Llama-3-8B (4096-d), 69.8M for Llama-3.2-1B (2048-d), into 1280-d."""
+    """Released: 273.8M parameters for Llama-3-8B (4096-d), 69.8M for Llama-3.2-1B (2048-d), into 1280-d."""
     with torch.device("meta"):
         adapter = build_adapter(None, dim, 1280)
     assert isinstance(adapter, TextProj) and len(adapter.blocks) == 4

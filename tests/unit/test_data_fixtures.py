@@ -1,5 +1,6 @@
 """Helpers shared by the data-layer tests: images written at test time, tar shards, a tiny tokenizer and a
-LightningModule-like stub. (No tests here; the module name only keeps it inside the data tests' files.)"""
+LightningModule-like stub. (No tests here; the module name only keeps it inside the data tests' files.) The real
+shared data is found by :mod:`tests.helpers.shared_data`."""
 
 from __future__ import annotations
 
@@ -12,10 +13,6 @@ import zlib
 import numpy as np
 import torch
 from PIL import Image
-
-SHARED = "/work/shared/data"
-COCO_DEV = os.path.join(SHARED, "coco-dev")
-COCO_TEXT = os.path.join(SHARED, "coco-captions-text", "annotations", "captions_val2017.json")
 
 
 def write_image(

@@ -1,4 +1,4 @@
-"""Every reader on a small fixture written at test time, plus the real COCO files under /work/shared."""
+"""Every reader on a small fixture written at test time, plus the real COCO files of the shared data dir."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from clipforge.data.images import load_image
 from clipforge.data.readers import detect_format, read_records
 from clipforge.data.records import HFImageRef, TarMemberRef
 from clipforge.data.specs import DatasetSpec, as_spec
-from tests.unit.test_data_fixtures import COCO_DEV, COCO_TEXT, image_bytes, make_tar, pixel, write_image
+from tests.helpers.shared_data import COCO_DEV, COCO_TEXT, require
+from tests.unit.test_data_fixtures import image_bytes, make_tar, pixel, write_image
 
 
 def _by_key(records):
@@ -289,16 +290,10 @@ def test_spec_validation():
     )
 
 
-needs_shared = pytest.mark.skipif(
-    not os.path.isdir("/work/shared/data"), reason="/work/shared/data is absent"
-)
-
-
-@needs_shared
 def test_real_coco_dev():
+    coco_dev = require(*COCO_DEV)
     spec = DatasetSpec(
-        path=os.path.join(COCO_DEV, "annotations", "captions_train2017.json"),
-        image_root=os.path.join(COCO_DEV, "train2017"),
+        path=str(coco_dev / "annotations" / "captions_train2017.json"), image_root=str(coco_dev / "train2017")
     )
     records, errors = read_records(spec)
     assert len(records) == 130 and sum(len(r.captions) for r in records) == 650 and errors == []
@@ -307,9 +302,8 @@ def test_real_coco_dev():
     assert load_image(records[0].image).mode == "RGB"
 
 
-@needs_shared
 def test_real_coco_text_groups():
-    records, errors = read_records(DatasetSpec(path=COCO_TEXT, text_only=True))
+    records, errors = read_records(DatasetSpec(path=str(require(*COCO_TEXT)), text_only=True))
     sizes = [len(r.captions) for r in records]
     assert len(records) == 4000 and sum(sizes) == 20009 and errors == []
     assert min(sizes) >= 4 and max(sizes) >= 6 and all(r.image is None for r in records)

@@ -54,7 +54,7 @@ def test_eva_clip_rule_on_a_vit():
 
 
 def test_llm2clip_eva_l_scales():
-    """SPEC C.6 (EVA02-L, 24 blocks, visual-ld 0.85): stem 0.0172, block 1 0.0202, block 24 0.85, the rest 1."""
+    """run.sh (EVA02-L, 24 blocks, visual-ld 0.85): stem 0.0172, block 1 0.0202, block 24 0.85, the rest 1."""
     with torch.device("meta"):
         trunk = timm.create_model("eva02_large_patch14_clip_336", num_classes=0)
     model = _Model(trunk)

@@ -1,4 +1,4 @@
-"""``ImageTextCollator``: dataset items -> a batch dict; tokenization happens here (STYLE §4.7)."""
+"""``ImageTextCollator``: dataset items -> a batch dict; tokenization happens here (docs/design/data.md)."""
 
 from __future__ import annotations
 

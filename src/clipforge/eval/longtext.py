@@ -1,6 +1,6 @@
 """Long-caption retrieval (LLM2CLIP's ShareGPT4V-1k, Urban-1k, DOCCI): readers of their file layouts, argmax R@k.
 
-Layouts (SPEC C.7, as LLM2CLIP's ``data/setup_eval_datasets.sh`` / Long-CLIP's loaders read them), one caption
+Layouts (as LLM2CLIP's ``data/setup_eval_datasets.sh`` / Long-CLIP's loaders read them), one caption
 per image:
 
 * ``sharegpt4v`` — ``share-captioner_coco_lcs_sam_1246k_1107.json``: a list of ``{"id", "image", "conversations"}``;
@@ -22,6 +22,8 @@ side or a cache), :func:`longtext_metrics` on embeddings, or ``python -m clipfor
 <out.jsonl>`` to turn a layout into a JSONL file the data layer reads (``data.val.path=<out.jsonl>``), so the
 caption-embedding job can cache it and ``clipforge-eval`` reports it like any validation set (long captions:
 raise ``data.max_caption_chars``).
+
+Design notes: docs/design/llm2clip.md#evaluation-protocol.
 """
 
 from __future__ import annotations

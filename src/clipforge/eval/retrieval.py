@@ -1,6 +1,6 @@
 """Image-text retrieval metrics (Recall@k) with bounded memory, for Flickr30k / COCO and long-caption benchmarks.
 
-Conventions (SPEC §C.7):
+Conventions (LLM2CLIP's and CLIP_benchmark's; docs/design/llm2clip.md#evaluation-protocol):
 
 * **image→text is any-hit**: an image scores at ``k`` if *any* of its captions is among its top-``k`` captions
   (Flickr30k / COCO convention, CLIP_benchmark's ``recall > 0``, BLIP's ``itm_eval``).

@@ -1,7 +1,7 @@
 """Text adapters: map a frozen text encoder's caption embedding into the shared image-text space (LLM2CLIP).
 
 LLM2CLIP's text tower is an adapter on top of the (frozen, usually pre-computed) LLM caption embedding
-(``eva_clip/model.py::TextProj`` with ``LinearBlock``, SPEC C.5)::
+(``eva_clip/model.py::TextProj`` with ``LinearBlock``)::
 
     x = normalize(e)                                  # e: the LLM embedding (4096-d for Llama-3-8B)
     for k in 1..num_layers:                           # pre-LN residual MLP blocks, expansion 2, GELU
@@ -19,6 +19,8 @@ Kinds (``AdapterSpec.kind``, a ``model/adapter=...`` config option):
 Parameter names (``blocks.{k}.{norm,fc1,fc2}``, ``norm``, ``proj``) are this project's; the converters in
 :mod:`clipforge.models.convert` map the official layouts (``text.text_adaptor.*``, ``text_adapter.adaptor.*``)
 onto them.
+
+Design notes: docs/design/llm2clip.md#stage-2-the-adapter.
 """
 
 from __future__ import annotations

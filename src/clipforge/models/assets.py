@@ -109,7 +109,7 @@ def converted_gguf(asset: ResolvedAsset) -> ResolvedAsset:
     """
     root = cache_dir()
     gguf = os.path.join(asset.path, asset.gguf_file or "")
-    if root is None or not os.path.isfile(gguf):
+    if root is None or not asset.gguf_file or not os.path.isfile(gguf):
         return asset
     stat = os.stat(gguf)
     tag = hashlib.sha1(f"{os.path.abspath(gguf)}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]

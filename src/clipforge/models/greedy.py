@@ -11,15 +11,19 @@ so the tokens are the ones ``generate(do_sample=False)`` writes, up to floating-
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = ["greedy_decode"]
 
 
 @torch.no_grad()
 def greedy_decode(
-    llm: torch.nn.Module,
+    llm: PreTrainedModel,
     inputs_embeds: torch.Tensor,
     attention_mask: torch.Tensor,
     max_new_tokens: int,

@@ -29,6 +29,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -139,9 +140,9 @@ class LLMEncoderSpec(TextTower):
         return LLMTokenizer(
             path,
             gguf,
-            spec.max_length,
-            spec.template,
-            spec.instruction_format,
+            cast(int, spec.max_length),  # resolve() filled every setting
+            cast(str, spec.template),
+            cast(str, spec.instruction_format),
             append_eos=spec.pooling == "eos",
         )
 
@@ -281,7 +282,7 @@ def set_bidirectional(model: nn.Module, enabled: bool) -> None:
         if config is not None and hasattr(config, "to_dict"):
             config.is_causal = not enabled
         if "is_causal" in vars(module) and isinstance(vars(module)["is_causal"], bool):
-            module.is_causal = not enabled
+            vars(module)["is_causal"] = not enabled
 
 
 def pool_span(
@@ -332,7 +333,7 @@ class LLMEncoder(nn.Module):
         super().__init__()
         self.model, self.tokenizer, self.spec = model, tokenizer, spec.resolve()
         self.lm_head = lm_head
-        set_bidirectional(self.model, self.spec.bidirectional)
+        set_bidirectional(self.model, bool(self.spec.bidirectional))  # resolved: never None
 
     # -- construction ----------------------------------------------------------------------------------------------
     @classmethod
@@ -343,7 +344,7 @@ class LLMEncoder(nn.Module):
         spec = as_encoder_spec(spec).resolve()
         tokenizer = spec.tokenizer()
         auto = AutoModelForCausalLM if with_lm_head else AutoModel
-        kwargs: dict = {"dtype": getattr(torch, spec.dtype)}
+        kwargs: dict = {"dtype": getattr(torch, cast(str, spec.dtype))}
         if spec.attn_implementation:
             kwargs["attn_implementation"] = spec.attn_implementation
         if spec.from_config is not None:
@@ -381,7 +382,7 @@ class LLMEncoder(nn.Module):
         return int(self.base_model.config.hidden_size)
 
     @property
-    def base_model(self) -> nn.Module:
+    def base_model(self) -> Any:
         """The transformer without a ``peft`` wrapper."""
         from peft import PeftModel
 
@@ -404,7 +405,7 @@ class LLMEncoder(nn.Module):
         """Pooled embeddings ``(B, D)`` in float32 (``embed_mask`` defaults to every real token)."""
         hidden = self.hidden_states(input_ids, attention_mask)
         span = attention_mask if embed_mask is None else embed_mask
-        return pool_span(hidden, span, attention_mask, self.spec.pooling)
+        return pool_span(hidden, span, attention_mask, cast(str, self.spec.pooling))
 
     @torch.no_grad()
     def encode(

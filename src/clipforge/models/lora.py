@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,7 +52,8 @@ def apply_lora(module: nn.Module, spec: LoraSpec) -> nn.Module:
     return inject_adapter_in_model(config, module)
 
 
-def _lora_layers(module: nn.Module) -> dict[str, nn.Module]:
+def _lora_layers(module: nn.Module) -> dict[str, Any]:
+    """The ``peft`` ``LoraLayer`` modules of ``module`` by name (typed ``Any``: ``LoraLayer`` is a mixin)."""
     from peft.tuners.lora import LoraLayer
 
     return {name: m for name, m in module.named_modules() if isinstance(m, LoraLayer)}

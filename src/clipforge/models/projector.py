@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -42,7 +44,7 @@ def init_projector_as_lookup(projector: nn.Sequential, embeddings: torch.Tensor,
         embeddings: ``(K, d)`` class embeddings, e.g. the mean token embedding of each class name.
         shift: pre-activation offset; larger is closer to linear for larger embedding values.
     """
-    first, last = projector[0], projector[2]
+    first, last = cast(nn.Linear, projector[0]), cast(nn.Linear, projector[2])
     k, d = embeddings.shape
     if first.in_features < k or first.out_features != d:
         raise ValueError(f"projector {first.in_features}->{d} cannot take {k} classes of width {d}")

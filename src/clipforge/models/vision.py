@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,7 +43,7 @@ class VisionTower(abc.ABC):
 
 
 class _TimmPooled(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:  # a timm model (forward_features / forward_head)
         super().__init__()
         self.model = model
 
@@ -84,7 +85,8 @@ class TimmVision(VisionTower):
         self.model_args = dict(model_args or {})
         self._feature_dim: int | None = None
 
-    def _create(self) -> nn.Module:
+    def _create(self) -> Any:
+        """The timm model (``reset_classifier``, ``num_features``: typed ``Any`` as timm's models are)."""
         import timm
 
         return timm.create_model(self.model_name, pretrained=False, **self.model_args)

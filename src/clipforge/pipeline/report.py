@@ -649,14 +649,14 @@ def _scores(doc: _Doc, run: PipelineRun, figures: Path, written: dict[str, str])
     for source, items in by_source.items():
         ov = [s["overall"] for s in items if s.get("overall") is not None]
         kept = [s for s in items if s.get("action") != "drop"]
-        fo = [s["final_overall"] for s in kept if s.get("final_overall") is not None]
+        final = [s["final_overall"] for s in kept if s.get("final_overall") is not None]
         t.rows.append(
             [
                 _Cell(source),
                 _Cell(str(len(items))),
                 _Cell(_num(sum(ov) / len(ov)) if ov else DASH),
                 _Cell(str(len(kept))),
-                _Cell(_num(sum(fo) / len(fo)) if fo else DASH),
+                _Cell(_num(sum(final) / len(final)) if final else DASH),
             ]
         )
     doc.table(t, "sources-table")

@@ -1,6 +1,6 @@
 """Layer-wise learning-rate decay (BEiT / EVA-CLIP / LLM2CLIP ``--visual-ld``) on top of the shared param groups.
 
-LLM2CLIP fine-tunes the pretrained vision tower with ``visual-ld 0.85`` (SPEC C.6): parameters of layer ``i`` of a
+LLM2CLIP fine-tunes the pretrained vision tower with ``visual-ld 0.85``: parameters of layer ``i`` of a
 tower with ``L`` blocks get ``lr x decay ** (L + 1 - i)``, where layer 0 is the stem (patch / position / class
 embeddings), block ``k`` (0-based) is layer ``k + 1`` and everything else of the tower (final norm, pooling) is
 layer ``L + 1`` (scale 1). Parameters outside the tower (heads, adapter, logit scale) keep scale 1.
@@ -18,6 +18,8 @@ scales): each returned group carries ``weight_decay=0.0`` where that rule says s
 :func:`apply_lr_scales` multiplies each group's learning rate after the optimiser is built, so any optimiser
 builder (``torch.optim.AdamW`` partials) and any scheduler (which reads the scaled ``lr`` as ``initial_lr``) work
 unchanged.
+
+Design notes: docs/design/llm2clip.md#stage-2-optimisation.
 """
 
 from __future__ import annotations

@@ -23,7 +23,16 @@ from omegaconf import DictConfig, OmegaConf
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["PipelineRun", "Run", "find_checkpoint", "load_pipeline", "load_run", "load_sweep", "read_lineage"]
+__all__ = [
+    "PipelineRun",
+    "Run",
+    "find_checkpoint",
+    "load_pipeline",
+    "load_run",
+    "load_sweep",
+    "read_lineage",
+    "swept_keys",
+]
 
 
 @dataclass
@@ -117,10 +126,15 @@ def load_run(
 
 
 def load_sweep(sweep_dir: str):
-    """One row per finished job of a multirun: ``job``, each override as a column, every metric as a column."""
+    """One row per finished job of a multirun: ``job``, each override as a column, every metric as a column.
+
+    Override keys and metric names both may hold ``/`` (``model/loss``, ``val/rsum``); the override keys, in the
+    order they first appear, are kept in ``df.attrs["override_keys"]`` (read by :func:`swept_keys`).
+    """
     import pandas as pd
 
     rows = []
+    override_keys: list[str] = []
     for job in sorted(Path(sweep_dir).iterdir(), key=lambda p: (len(p.name), p.name)):
         if not (job / "config.yaml").exists():
             continue
@@ -128,9 +142,25 @@ def load_sweep(sweep_dir: str):
         for ov in _read_overrides(str(job)):
             key, _, value = ov.lstrip("+~").partition("=")
             row[key] = value
+            if key not in override_keys:
+                override_keys.append(key)
         row.update(_read_json(str(job / "metrics.json")))
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df.attrs["override_keys"] = override_keys
+    return df
+
+
+def swept_keys(df: pd.DataFrame) -> list[str]:
+    """The override keys of a :func:`load_sweep` frame that take more than one value across its jobs, in
+    command-line order (``model/loss=clip,siglip seed=0,1`` -> ``["model/loss", "seed"]``).
+
+    Raises:
+        ValueError: ``df`` did not come from :func:`load_sweep` (it has no ``override_keys`` attribute).
+    """
+    if "override_keys" not in df.attrs:
+        raise ValueError("swept_keys needs a DataFrame returned by load_sweep (df.attrs['override_keys'])")
+    return [k for k in df.attrs["override_keys"] if k in df.columns and df[k].nunique(dropna=False) > 1]
 
 
 STEP_COLUMNS = [

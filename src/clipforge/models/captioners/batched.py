@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -79,8 +80,9 @@ class BatchedCaptioner(abc.ABC):
             )
         self.num_captions, self.batch_size = num_captions, batch_size
         self.device = torch.device("cpu")
-        self.model = None
-        self.tokenizer = None
+        # loaded by setup(): any transformers model / tokenizer (typed Any: their classes differ per captioner)
+        self.model: Any = None
+        self.tokenizer: Any = None
 
     # -- subclass API -----------------------------------------------------------------------------------------
     @abc.abstractmethod

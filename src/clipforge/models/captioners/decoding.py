@@ -133,6 +133,7 @@ class KeyedSampler:
         self, seeds: Sequence[int], temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
     ) -> None:
         from transformers import (
+            LogitsProcessor,
             LogitsProcessorList,
             TemperatureLogitsWarper,
             TopKLogitsWarper,
@@ -140,7 +141,7 @@ class KeyedSampler:
         )
 
         self.seeds = [int(s) for s in seeds]
-        warpers = []
+        warpers: list[LogitsProcessor] = []
         if temperature != 1.0:
             warpers.append(TemperatureLogitsWarper(temperature))
         if top_k:
@@ -155,7 +156,7 @@ class KeyedSampler:
             self._generators = [torch.Generator(device=device).manual_seed(s) for s in self.seeds]
         return self._generators
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
         if scores.shape[0] != len(self.seeds):
             raise ValueError(
                 f"KeyedSampler has {len(self.seeds)} seeds for a batch of {scores.shape[0]} rows"

@@ -9,6 +9,7 @@ prompt and greedy decoding) and ``hf`` (any model ``AutoModelForImageTextToText`
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -87,7 +88,7 @@ class HFCaptioner(BatchedCaptioner):
         self.processor_kwargs = dict(processor_kwargs or {})
         self.attn_implementation, self.trust_remote_code = attn_implementation, trust_remote_code
         resolve_dtype(dtype)
-        self.processor = None
+        self.processor: Any = None  # loaded by setup()
 
     def _load(self, device: torch.device) -> None:
         from transformers import AutoProcessor
@@ -111,7 +112,7 @@ class HFCaptioner(BatchedCaptioner):
         text = render_prompt(self.prompt, caption)
         if not self.chat_template:
             return text
-        messages = (
+        messages: list[dict[str, Any]] = (
             [{"role": "system", "content": self.system_prompt}] if self.system_prompt is not None else []
         )
         messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]})

@@ -10,6 +10,7 @@ which makes the whole recap pipeline runnable end to end without a model hub or 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -88,7 +89,7 @@ class LabelLLMCaptioner(BatchedCaptioner):
         self.top_k, self.prompt, self.system_prompt, self.dtype = top_k, prompt, system_prompt, dtype
         resolve_dtype(dtype)
         self.classnames = imagenet_classnames()
-        self.classifier_model: torch.nn.Module | None = None
+        self.classifier_model: Any = None  # loaded by setup()
 
     def _load(self, device: torch.device) -> None:
         import timm
@@ -125,7 +126,7 @@ class LabelLLMCaptioner(BatchedCaptioner):
     def _random_llm(self) -> torch.nn.Module:
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        cfg = dict(self.llm_config)
+        cfg = dict(self.llm_config or {})
         model_type = cfg.pop("model_type", "llama")
         tok = self.tokenizer
         cfg.setdefault("vocab_size", len(tok))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import torch
 from PIL import Image
@@ -57,10 +58,10 @@ class VLMCaptioner(BatchedCaptioner):
         self.path, self.spec, self.prompt, self.dtype = path, spec, prompt, dtype
 
     def _load(self, device: torch.device) -> None:
-        if self.path is not None:
-            model = VisionLanguageModel.from_pretrained(self.path, dtype=self.dtype)
-        else:
+        if self.spec is not None:
             model = VisionLanguageModel.build(self.spec)
+        else:
+            model = VisionLanguageModel.from_pretrained(cast(str, self.path), dtype=self.dtype)
         self.model = model.to(device).eval()
         self.tokenizer = self.model.tokenizer
 

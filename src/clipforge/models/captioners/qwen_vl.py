@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import weakref
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -86,7 +87,7 @@ class QwenVLCaptioner(BatchedCaptioner):
         tok.padding_side = "left"
         tok.pad_token_id = tok.eod_id  # the official script: pad and stop with the end-of-document token
         self.tokenizer = tok
-        model = AutoModelForCausalLM.from_pretrained(
+        model: Any = AutoModelForCausalLM.from_pretrained(  # remote code: the class is the folder's
             path, trust_remote_code=True, dtype=resolve_dtype(self.dtype)
         )
         self.model = model.to(device).eval()
@@ -102,6 +103,8 @@ class QwenVLCaptioner(BatchedCaptioner):
 
     def image_path(self, image: Image.Image) -> str:
         """Where ``image`` is written for the prompt: ``<scratch>/<content hash>-<W>x<H>.png``."""
+        if self._scratch is None:
+            raise RuntimeError(f"{self.name}: call setup(device) before image_path()")
         digest = hashlib.sha1(image.tobytes()).hexdigest()[:16]
         return os.path.join(self._scratch, f"{digest}-{image.width}x{image.height}.png")
 

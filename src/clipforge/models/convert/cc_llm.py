@@ -5,13 +5,15 @@ Face folder whose ``config.json`` names ``architectures: [LlamaEncoderModel]`` a
 remote code, weights named like ``LlamaModel``'s (``embed_tokens``, ``layers.{i}.*``, ``norm``; a checkpoint saved
 from a causal-LM class has them under ``model.``), and the Llama-3 tokenizer. LLM2CLIP reads it with ``LLM2Vec(model,
 tokenizer, pooling_mode="mean", max_length=512)`` after forcing ``config._name_or_path`` to
-``meta-llama/Meta-Llama-3-8B-Instruct``, so the Llama-3 chat wrapper is applied (SPEC C.3/C.4).
+``meta-llama/Meta-Llama-3-8B-Instruct``, so the Llama-3 chat wrapper is applied.
 
 :func:`convert_cc_llm` writes a self-describing encoder folder that :class:`~clipforge.models.llm_encoder.LLMEncoder`
 (``from_pretrained``, ``LLMEncoderSpec(name_or_path=<folder>)``, the embedding job) loads without remote code:
 the weights (linked, not copied, by default), the tokenizer files, a ``config.json`` without ``auto_map`` and an
 ``encoder_config.json`` with those settings — bidirectional attention, mean pooling over the caption and
 ``<|eot_id|>``, the chat wrapper, 512 tokens, bf16. ``python -m clipforge.models.convert.cc_llm <release> <out>``.
+
+Design notes: docs/design/llm2clip.md#released-checkpoints.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ LLM2CLIP_ENCODER_SETTINGS = {
     "max_length": 512,
     "dtype": "bfloat16",
 }
-"""How LLM2CLIP's ``extract_embedding.py`` reads the CC-finetuned LLM (SPEC C.4)."""
+"""How LLM2CLIP's ``extract_embedding.py`` reads the CC-finetuned LLM."""
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index.json")
 _TOKENIZER_FILES = (

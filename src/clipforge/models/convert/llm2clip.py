@@ -44,6 +44,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import yaml
@@ -256,7 +257,7 @@ def convert_eva_clip(
     patch = state["visual.patch_embed.proj.weight"].shape[-1]
     grid = math.isqrt(state["visual.pos_embed"].shape[1] - 1)
     hidden = state["visual.blocks.0.mlp.w1.weight"].shape[0]
-    model_args = {
+    model_args: dict[str, Any] = {
         "img_size": grid * patch,
         "patch_size": patch,
         "embed_dim": width,
@@ -368,7 +369,7 @@ def convert_hf_clip(
         from_config = _check_vision_config(vision_config, int(width), int(patch), int(grid * patch))
         head_width = head_width or from_config
     head_width = head_width or 64
-    model_args = {
+    model_args: dict[str, Any] = {
         "img_size": grid * patch,
         "patch_size": patch,
         "embed_dim": width,

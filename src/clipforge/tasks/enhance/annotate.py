@@ -1,6 +1,6 @@
 """``EnhanceAnnotateModule``: the teacher job that builds the enhancer's training set (``clipforge-generate``).
 
-For each image-caption pair (SPEC B.1): phase 1, the teacher scores and explains it; phase 2, it writes a caption
+For each image-caption pair: phase 1, the teacher scores and explains it; phase 2, it writes a caption
 of contrasting quality (a good caption for a pair scored at or below ``rewrite_threshold``, a weak one otherwise)
 and, with ``rescore_contrast``, scores that caption too, which makes the contrast pair a training pair of its own
 (the paper's negative samples). The ShardWriter makes the job resumable (finished shards are skipped on rerun); a
@@ -11,6 +11,8 @@ When all shards exist, :meth:`on_predictions_merged` writes the training set ``p
 :class:`~clipforge.tasks.enhance.formatter.AITQEFormatter` reads) and ``pairs_no_contrast.jsonl`` (phase 1 only:
 the no-negatives ablation's data). Weak pairs get a recaption: the teacher's own, else the phase-2 good caption;
 a weak contrast caption is rewritten to the original caption it was written from.
+
+Design notes: docs/design/enhance.md#the-pipeline.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Labelled pairs for measuring an enhancer's filtering ability (SPEC B.4 §4.1): does its overall score rank an
+"""Labelled pairs for measuring an enhancer's filtering ability (paper §4.1): does its overall score rank an
 image's true caption above a mismatched or degraded one?
 
 Each image of a source (e.g. the photos held out from the enhancer's training) gives one row with its first true
@@ -8,6 +8,8 @@ the same source). The JSONL feeds the scoring job, which then reports the ROC AU
     python -m clipforge.tasks.enhance.eval_pairs --path coco.json --split val --val_fraction 0.3 --out pairs.jsonl
     clipforge-generate experiment=enhance_score_demo model.model_path=<aitqe> data.predict.path=pairs.jsonl \\
         data.predict.image_root=null model.label_field=label
+
+Design notes: docs/design/enhance.md#measuring-filtering.
 """
 
 from __future__ import annotations

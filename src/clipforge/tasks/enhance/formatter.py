@@ -2,9 +2,11 @@
 
 A row that carries a judgement (a teacher-annotated JSONL row: ``overall``, ``scores``, ``explanations``,
 ``recaption`` in its ``meta``) is used as is. A plain dataset row (a human caption) becomes, with probability
-``neg_prob``, an offline negative with graded targets, else a graded positive (SPEC B.5 ablations: negatives on/off
+``neg_prob``, an offline negative with graded targets, else a graded positive (Table 6 ablations: negatives on/off
 is ``neg_prob`` > 0 or 0; rewriting on/off is ``rewrite``). The prompt is the official one around the (possibly
 degraded) caption; the answer is the official JSON (:func:`~clipforge.tasks.enhance.prompt.format_answer`).
+
+Design notes: docs/design/enhance.md#ablations.
 """
 
 from __future__ import annotations

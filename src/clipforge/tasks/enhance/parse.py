@@ -1,11 +1,13 @@
 """Robust parsing of AITQE outputs: scores, explanations and the rewritten caption, from any model text.
 
 The released code turns the default (stopped) output into JSON with ``outputs[:-1] + "}"``, which breaks whenever
-the stop lands elsewhere, the model loops, or a caption holds a quote (SPEC B.6). :func:`parse_output` never
+the stop lands elsewhere, the model loops, or a caption holds a quote. :func:`parse_output` never
 raises: it first tries the text as one JSON (or Python-literal) object, else finds every known key by name and
 takes the text up to the next known key as its value, so truncated output, unescaped quotes, single-quoted
 dicts, code fences and extra chatter still give whatever fields are there. What went wrong is listed in
 ``problems``; a result is usable when its overall score was found (:attr:`AITQEResult.ok`).
+
+Design notes: docs/design/enhance.md#parsing-the-answer.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The AITQE prompt and answer format, exactly as the released inference code and model use them (SPEC B.2).
+"""The AITQE prompt and answer format, exactly as the released inference code and model use them.
 
 The prompt is the official one: an image tag holding a JSON object between ``<img_start>`` and ``<img_end>``
 (the model's processor replaces the whole tag by the image's tokens, so the path inside never reaches the LLM),
@@ -7,6 +7,8 @@ a newline, then the question. No chat template, no system prompt, no BOS/EOS.
 The answer is one JSON object whose fields come in the official order: ``Recaption`` (only for low-quality
 pairs), ``Overall Score`` as a string ``"<n><Overall>"`` (the ``<Overall>`` marker is where the default mode stops
 generating), ``Overall Explanation``, then a score and an explanation for each of the five aspects.
+
+Design notes: docs/design/enhance.md#prompt-and-answer.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``EnhanceScoreModule``: batched AITQE scoring of any dataset, then the enhancement policy (``clipforge-generate``).
 
-The official code scores one pair per call (SPEC B.6). Here every caption of every image in a batch is one row of
+The official code scores one pair per call. Here every caption of every image in a batch is one row of
 a single left-padded greedy decoding batch (``chunk_size`` rows at most) in which each image passes the vision
 tower once and each row leaves the batch when its answer ends, stopped at ``<Overall>`` unless ``output_all``;
 the outputs are parsed robustly. Rows the policy would rewrite can be scored again with their
@@ -10,6 +10,8 @@ When every shard is written, :meth:`on_predictions_merged` applies the policy an
 predictions, the enhanced dataset (``enhanced_name``, JSONL: ``key``, ``image``, ``caption`` + provenance; the
 data layer reads it like any JSONL), ``report.json`` / ``report.md`` (score histograms before/after, counts per
 action) and, when the rows carry a label (``label_field``), the ROC AUC of the overall score.
+
+Design notes: docs/design/enhance.md#batched-scoring.
 """
 
 from __future__ import annotations

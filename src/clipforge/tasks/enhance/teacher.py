@@ -1,4 +1,4 @@
-"""Teachers that annotate image-caption pairs for training the enhancer (AITQE's two GPT-4o phases, SPEC B.1).
+"""Teachers that annotate image-caption pairs for training the enhancer (AITQE's two GPT-4o phases).
 
 Phase 1 scores a pair and explains the scores (the answer is read by :func:`~clipforge.tasks.enhance.parse.
 parse_output`, so any model that writes roughly the official JSON works); phase 2 writes a caption of
@@ -11,6 +11,8 @@ parse_output`, so any model that writes roughly the official JSON works); phase 
 * :class:`CaptionerTeacher`: local captioner backends (:class:`~clipforge.models.captioners.base.Captioner`, e.g.
   an ``HFCaptioner`` VLM): one configured with the scoring prompt, one with the rewriting prompt; weak captions
   come from a third captioner or from the offline :class:`~clipforge.tasks.enhance.negatives.NegativeGenerator`.
+
+Design notes: docs/design/enhance.md#the-pipeline.
 """
 
 from __future__ import annotations

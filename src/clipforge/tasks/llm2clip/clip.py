@@ -1,6 +1,6 @@
 """LLM2CLIPModule: CLIP training whose text tower is a frozen LLM caption encoder behind a trained adapter.
 
-LLM2CLIP stage 2 (SPEC C.4-C.6): the caption-contrastive LLM is frozen and its caption embeddings are computed
+LLM2CLIP stage 2: the caption-contrastive LLM is frozen and its caption embeddings are computed
 once, offline (``tasks/llm2clip/embed.py`` writes them next to the data; the datamodule hands them over as
 ``batch["text_embedding"]``); an adapter (:mod:`clipforge.models.adapters`, ``TextProj`` by default) maps them
 into the shared space, and the pretrained vision tower is fine-tuned with a new head, a contrastive loss over the
@@ -21,6 +21,8 @@ in eval mode without gradients and *outside* the module's state: it is not in ch
 and not wrapped by DDP ("frozen and absent from the graph"). It also serves zero-shot classification: ``tokenizer`` + ``encode_text`` follow CLIPModule's contract, so
 :class:`~clipforge.callbacks.zero_shot.ZeroShotEval` builds class-name embeddings with the LLM (prompt -> LLM ->
 adapter -> L2, averaged over templates, renormalised: LLM2CLIP's classifier).
+
+Design notes: docs/design/llm2clip.md#stage-2-the-model-and-the-loss.
 """
 
 from __future__ import annotations
