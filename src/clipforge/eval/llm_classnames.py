@@ -27,7 +27,12 @@ from torch import Tensor
 
 from clipforge.callbacks.zero_shot import ZeroShotEval
 from clipforge.data.specs import DatasetSpec
-from clipforge.eval.zero_shot import Template, imagenet_classnames, imagenet_templates
+from clipforge.utils.zero_shot_metadata import (
+    Template,
+    imagenet_classnames,
+    imagenet_templates,
+    render_template,
+)
 
 __all__ = [
     "CachedClassZeroShotEval",
@@ -41,9 +46,7 @@ __all__ = [
 
 def render_prompts(classnames: Sequence[str], templates: Sequence[Template]) -> list[list[str]]:
     """``[C][T]`` prompts: ``template(classname)`` (callables) or ``template.format(classname)`` (strings)."""
-    from clipforge.eval.zero_shot import _render
-
-    return [[_render(t, c) for t in templates] for c in classnames]
+    return [[render_template(t, c) for t in templates] for c in classnames]
 
 
 @torch.no_grad()

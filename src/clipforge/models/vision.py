@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from clipforge.data.transforms import ImageTransform
 from clipforge.models.assets import resolve_asset
+from clipforge.utils.transforms import ImageTransform
 
 __all__ = ["ImageTransform", "OpenCLIPVision", "TimmVision", "VisionTower"]
 

@@ -693,7 +693,7 @@ class VisionLanguageModel(nn.Module):
         if spec.projector_init == "class_names" and not empty:
             names = spec.class_names
             if names is None:
-                from clipforge.eval.zero_shot import imagenet_classnames
+                from clipforge.utils.zero_shot_metadata import imagenet_classnames
 
                 names = imagenet_classnames()
             init_projector_as_lookup(projector, vlm.text_embeddings(names))
