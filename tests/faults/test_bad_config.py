@@ -252,7 +252,7 @@ def test_constants_repeated_for_speed_equal_the_ones_they_mirror():
     from lightning.fabric import connector
     from lightning.pytorch.accelerators import AcceleratorRegistry
 
-    from clipforge.callbacks.shard_writer import FORMATS
+    from clipforge.data.shards import FORMATS
     from clipforge.data.dataset import CAPTION_SAMPLING
     from clipforge.data.shear import UNITS
     from clipforge.data.specs import FORMATS as DATA_FORMATS

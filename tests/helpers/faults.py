@@ -42,7 +42,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from clipforge.callbacks.shard_writer import read_shard, shard_files
+from clipforge.data.shards import read_shard, shard_files
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_FILES = {"config.yaml", "run.cli.yaml", ".hydra", "shards", "checkpoints", "run.log", "run.log.exit"}

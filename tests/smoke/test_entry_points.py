@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from clipforge.callbacks.shard_writer import read_shards
+from clipforge.data.shards import read_shards
 from clipforge.utils.hydra import compose
 
 TINY = ["experiment=demo_clip", "debug=tiny_clip"]
