@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clipforge.callbacks.llm_zero_shot import CachedClassZeroShotEval
 from clipforge.callbacks.zero_shot import ZeroShotEval
 from clipforge.data.readers import read_records
 from clipforge.data.specs import DatasetSpec
 from clipforge.eval.llm_classnames import (
-    CachedClassZeroShotEval,
     build_class_features,
     classifier_from_features,
     load_class_features,
