@@ -152,7 +152,7 @@ def _run_inprocess(job: Job, extra: Sequence[str]) -> dict:
         from clipforge.cli.generate import generate as task
     else:
         raise ValueError(f"unknown primary {job.primary!r}")
-    from clipforge.utils import task as task_module
+    from clipforge.cli import task as task_module
 
     task_module.PRINT_ERRORS = False  # the pipeline prints the one line, naming the step
     try:
