@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipforge.data.caption_groups import CaptionGroup, TextBlockDataModule, mntp_texts, token_blocks
+from clipforge.data.caption_groups import CaptionGroup
+from clipforge.data.text_blocks import TextBlockDataModule, mntp_texts, token_blocks
 from clipforge.tasks.llm2clip.mntp import MNTPModule, mntp_loss, mntp_mask
 from tests.helpers.tiny_llms import save_tiny_llm
 

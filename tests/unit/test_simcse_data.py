@@ -8,12 +8,11 @@ import json
 import pytest
 import torch
 
-from clipforge.data.caption_groups import (
-    CaptionGroup,
+from clipforge.data.caption_groups import CaptionGroup, read_caption_groups
+from clipforge.data.caption_triplets import (
     CaptionTripletDataModule,
     CaptionTripletDataset,
     HomogeneousBatchSampler,
-    read_caption_groups,
 )
 from clipforge.data.errors import DataConfigError
 from clipforge.data.specs import DatasetSpec

@@ -82,8 +82,8 @@ def mntp_loss(
 class MNTPModule(EncoderTrainingModule):
     """LLM2Vec's masked next-token prediction with LoRA; the first step of the caption-contrastive recipe.
 
-    Batch keys: ``input_ids`` (``(B, block_size)`` token blocks from :class:`~clipforge.data.caption_groups.
-    TextBlockDataModule`), optional ``attention_mask``. Logged: ``train/mntp_loss``, ``train/mntp_accuracy``,
+    Batch keys: ``input_ids`` (``(B, block_size)`` token blocks from
+    :class:`~clipforge.data.text_blocks.TextBlockDataModule`), optional ``attention_mask``. Logged: ``train/mntp_loss``, ``train/mntp_accuracy``,
     ``val/mntp_loss``, ``val/mntp_accuracy`` (validation masks with a fixed seed per batch, so epochs compare).
     Trainable: the LoRA adapters (or the whole LLM with ``lora: null``); the LM head stays frozen.
 
