@@ -1,17 +1,17 @@
-"""What a VLM is built from (:class:`VLMSpec`) and the token conventions of its inputs."""
+"""What a VLM is built from (:class:`VLMSpec`) and the token conventions of its inputs (:data:`IGNORE_INDEX`, the
+label without loss, is the answer loss's: :mod:`clipforge.losses.answer`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from clipforge.losses.answer import IGNORE_INDEX
 from clipforge.models.vlm.causal_lm import CausalLMSpec
 from clipforge.models.vlm.towers import PatchVision
 from clipforge.models.vlm.weights import parse_dtype
 
 __all__ = ["AITQE_IMAGE", "IGNORE_INDEX", "IMAGE_POSITION", "IMAGE_TOKEN_INDEX", "VLMSpec"]
 
-IGNORE_INDEX = -100
-"""Label of positions without loss (prompt, image, padding)."""
 IMAGE_POSITION = -1
 """Token id of the expanded image positions (the official code's marker); never looked up in the embedding."""
 IMAGE_TOKEN_INDEX = -200

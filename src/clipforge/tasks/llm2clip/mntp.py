@@ -12,14 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
+from clipforge.losses.mntp import mntp_loss
 from clipforge.models.llm_encoder import LLMEncoderSpec
 from clipforge.models.lora import LoraSpec
 from clipforge.tasks.llm2clip import EncoderTrainingModule
 
-__all__ = ["MNTPModule", "mntp_mask", "mntp_loss"]
+__all__ = ["MNTPModule", "mntp_mask"]
 
 
 def mntp_mask(
@@ -58,25 +58,6 @@ def mntp_mask(
     random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator, device=input_ids.device)
     inputs[randomised] = random_ids[randomised].to(inputs.dtype)
     return inputs, labels
-
-
-def mntp_loss(
-    hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy of predicting ``labels[:, i]`` from ``hidden[:, i - 1]``; returns ``(loss, accuracy)``.
-
-    Only the asked positions go through the LM head (a vocabulary-wide projection of every position would dominate
-    the step). With no asked position the loss is an exact zero that still back-propagates.
-    """
-    target = labels[:, 1:]
-    asked = target != -100
-    if not bool(asked.any()):
-        zero = hidden.sum() * 0.0
-        return zero, zero.detach()
-    logits = lm_head(hidden[:, :-1][asked]).float()
-    loss = F.cross_entropy(logits, target[asked])
-    accuracy = (logits.argmax(-1) == target[asked]).float().mean().detach()
-    return loss, accuracy
 
 
 class MNTPModule(EncoderTrainingModule):
