@@ -155,7 +155,7 @@ def test_checkpoints_are_plain_data_and_hold_the_config_that_rebuilds_the_run(tr
     for name in ("last.ckpt", "epoch_000.ckpt"):
         state = torch.load(out / "checkpoints" / name, map_location="cpu", weights_only=True)
         hp, dm_hp = state["hyper_parameters"], state["datamodule_hyper_parameters"]
-        assert hp["_target_"] == "clipforge.tasks.clip.module.CLIPModule"
+        assert hp["_target_"] == "clipforge.tasks.shared.clip.CLIPModule"
         model = instantiate(hp, _convert_="all")
         assert repr(model.vision_spec) == repr(objects["model"].vision_spec)
         assert model.hparams.embed_dim == objects["model"].hparams.embed_dim

@@ -49,7 +49,7 @@ def test_train_writes_run_files_and_metrics(trained):
         assert 0.0 <= on_disk[f"val/retrieval/synthetic/{k}"] <= 100.0
     assert objects["trainer"].current_epoch == 2
     cli = yaml.safe_load((out / "run.cli.yaml").read_text())
-    assert cli["model"]["class_path"] == "clipforge.tasks.clip.module.CLIPModule"
+    assert cli["model"]["class_path"] == "clipforge.tasks.shared.clip.CLIPModule"
 
 
 def test_eval_reproduces_final_validation(trained, tmp_path):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from clipforge.losses.answer import AnswerLoss, answer_window
 from clipforge.models.captioners.mini_llava import CAPTION_PROMPT
 from clipforge.models.vlm import IGNORE_INDEX, VisionLanguageModel
-from clipforge.tasks.vlm.sft import (
+from clipforge.tasks.shared.vlm_sft import (
     CaptionFormatter,
     Formatter,
     VLMSFTModule,

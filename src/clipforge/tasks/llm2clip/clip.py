@@ -33,14 +33,14 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from clipforge.eval.accumulator import RetrievalAccumulator
 from clipforge.models.adapters import AdapterSpec, as_adapter_spec, build_adapter
 from clipforge.models.heads import HeadSpec, build_head
 from clipforge.models.llm_encoder import LLMEncoderSpec
 from clipforge.models.text import TextTower
 from clipforge.models.trainable import apply_trainable
 from clipforge.models.vision import VisionTower
-from clipforge.tasks.clip.module import CLIPModule
-from clipforge.tasks.retrieval import RetrievalAccumulator
+from clipforge.tasks.shared.clip import CLIPModule
 from clipforge.utils.layer_decay import apply_lr_scales, layer_decay_param_groups
 from clipforge.utils.optim import param_groups, resolve_scheduler
 

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from clipforge.eval.accumulator import RetrievalAccumulator
 from clipforge.models.heads import HeadSpec, as_head_spec, build_head
 from clipforge.models.text import TextTower
 from clipforge.models.trainable import TrainableSpec, apply_trainable, as_trainable
 from clipforge.models.vision import VisionTower
-from clipforge.tasks.retrieval import RetrievalAccumulator
 from clipforge.utils.optim import param_groups, resolve_scheduler
 
 
