@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-from tests.helpers.tiny_models import save_tiny_hf_model  # noqa: E402
+from tests.helpers.tiny_hf import save_tiny_hf_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from clipforge.utils.hydra import compose
-from tests.helpers.tiny_llms import save_tiny_llm
+from tests.helpers.tiny_hf import save_tiny_llm
 
 
 def _coco(path, n: int) -> str:

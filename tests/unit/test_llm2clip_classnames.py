@@ -24,7 +24,7 @@ from clipforge.losses import ClipLoss
 from clipforge.models.llm_encoder import LLMEncoder, LLMEncoderSpec
 from clipforge.models.vision import TimmVision
 from clipforge.tasks.llm2clip.clip import LLM2CLIPModule
-from tests.helpers.tiny_llms import save_tiny_llm
+from tests.helpers.tiny_hf import save_tiny_llm
 
 TEMPLATES = ["a photo of a {}.", "a blurry photo of the {}."]
 

@@ -14,7 +14,7 @@ from clipforge.data.caption_groups import CaptionGroup
 from clipforge.data.text_blocks import TextBlockDataModule, mntp_texts, token_blocks
 from clipforge.losses.mntp import mntp_loss
 from clipforge.tasks.llm2clip.mntp import MNTPModule, mntp_mask
-from tests.helpers.tiny_llms import save_tiny_llm
+from tests.helpers.tiny_hf import save_tiny_llm
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from clipforge.data.caption_triplets import (
 )
 from clipforge.data.errors import DataConfigError
 from clipforge.data.specs import DatasetSpec
-from tests.helpers.tiny_llms import save_tiny_llm
+from tests.helpers.tiny_hf import save_tiny_llm
 
 
 def _coco(path, n: int, per_image: int = 3) -> str:
