@@ -17,7 +17,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from clipforge.models.llm_encoder import LLMEncoder, LLMEncoderSpec, as_encoder_spec
 from clipforge.models.lora import LoraSpec, apply_lora, as_lora_spec
-from clipforge.utils.optim import param_groups, resolve_scheduler
+from clipforge.utils.optim import optimizer_config, param_groups
 
 __all__ = ["EncoderTrainingModule"]
 
@@ -104,7 +104,4 @@ class EncoderTrainingModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = self.optimizer_builder(param_groups(self))
-        if self.scheduler_builder is None:
-            return optimizer
-        scheduler = resolve_scheduler(self.scheduler_builder(optimizer), self.trainer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer_config(optimizer, self)

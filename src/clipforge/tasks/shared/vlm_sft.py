@@ -25,7 +25,7 @@ from clipforge.models.lora import LoraSpec, apply_lora, as_lora_spec
 from clipforge.models.trainable import apply_trainable
 from clipforge.models.vlm import VisionLanguageModel, VLMSpec, load_weights
 from clipforge.utils.checkpoint import plain_hyperparameters
-from clipforge.utils.optim import param_groups, resolve_scheduler
+from clipforge.utils.optim import optimizer_config, param_groups
 
 log = logging.getLogger("clipforge")
 
@@ -281,7 +281,4 @@ class VLMSFTModule(L.LightningModule):
     # -- optimisation ---------------------------------------------------------------------------------------------
     def configure_optimizers(self):
         optimizer = self.optimizer_builder(param_groups(self))
-        if self.scheduler_builder is None:
-            return optimizer
-        scheduler = resolve_scheduler(self.scheduler_builder(optimizer), self.trainer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer_config(optimizer, self)
