@@ -51,4 +51,3 @@ class Captioner(Protocol):
     def generate(
         self, images: Sequence[Image.Image], captions: Sequence[str], keys: Sequence[str]
     ) -> list[list[Generation]]: ...
-
