@@ -14,7 +14,7 @@ if os.environ.get("CLIPFORGE_SHARED_DATA"):
 
 import pytest  # noqa: E402
 
-from tests.helpers.tiny_models import save_tiny_hf_model  # noqa: E402
+from tests.helpers.tiny_hf import save_tiny_hf_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -17,9 +17,9 @@ import os
 import torch
 
 from clipforge.data.images import load_image
+from clipforge.losses.answer import AnswerLoss, answer_window
 from clipforge.models.captioners.mini_llava import CAPTION_PROMPT
 from clipforge.models.vlm import VisionLanguageModel
-from clipforge.tasks.vlm.sft import AnswerLoss, answer_window
 
 
 def main() -> None:

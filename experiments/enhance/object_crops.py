@@ -25,8 +25,8 @@ from PIL import Image
 
 from clipforge.data.readers import read_records
 from clipforge.data.specs import DatasetSpec
-from clipforge.tasks.enhance.negatives import COCO_CATEGORIES
 from clipforge.tasks.enhance.outputs import write_jsonl
+from clipforge.tasks.enhance.vocabulary import COCO_CATEGORIES
 
 POSITIVE = {"text_quality": 8, "image_text_matching": 9, "object_detail": 7, "semantic_understanding": 7}
 NEGATIVE = {"text_quality": 8, "image_text_matching": 1, "object_detail": 1, "semantic_understanding": 1}

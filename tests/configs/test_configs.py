@@ -10,9 +10,9 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from clipforge.utils.cli_export import convert_node, to_lightning_cli
+from clipforge.cli.export_cli import convert_node, to_lightning_cli
+from clipforge.cli.validate import check_values, validate_config
 from clipforge.utils.hydra import compose
-from clipforge.utils.validate import check_values, validate_config
 from tests.helpers.configs import combinations, compose_cases, tiny_overrides
 
 EXTRA = {"eval": ["ckpt_path={tmp}/none.ckpt"]}  # an existing (empty) file: eval validates ckpt_path

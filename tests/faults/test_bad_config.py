@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from clipforge.cli.validate import ConfigValueError, validate_config
 from clipforge.data.errors import DataConfigError
 from clipforge.utils.hydra import compose
-from clipforge.utils.validate import ConfigValueError, validate_config
 from tests.helpers.configs import experiments, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -252,12 +252,12 @@ def test_constants_repeated_for_speed_equal_the_ones_they_mirror():
     from lightning.fabric import connector
     from lightning.pytorch.accelerators import AcceleratorRegistry
 
-    from clipforge.callbacks.shard_writer import FORMATS
+    from clipforge.cli import validate
     from clipforge.data.dataset import CAPTION_SAMPLING
+    from clipforge.data.shards import FORMATS
     from clipforge.data.shear import UNITS
     from clipforge.data.specs import FORMATS as DATA_FORMATS
     from clipforge.tasks.llm2clip.clip import TEXT_SOURCES
-    from clipforge.utils import validate
 
     assert validate.CAPTION_SAMPLING == CAPTION_SAMPLING
     assert validate.SHEAR_UNITS == UNITS

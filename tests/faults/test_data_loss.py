@@ -206,7 +206,7 @@ def test_a_second_live_writer_is_refused_and_a_killed_one_does_not_block_its_rer
 def test_two_writers_of_one_shard_never_share_a_temporary_file(tmp_path):
     """A second writer finishes the same shard while the first is half-way through its rows: the shard on disk
     is one writer's rows, whole, and no temporary file is left."""
-    from clipforge.callbacks.shard_writer import _rows_to_file, read_shard
+    from clipforge.data.shards import read_shard, write_shard
 
     path = str(tmp_path / "shard-00000.jsonl")
     mine = [{"key": f"k{i}", "who": "first", "pad": "x" * 6000} for i in range(4)]
@@ -216,10 +216,10 @@ def test_two_writers_of_one_shard_never_share_a_temporary_file(tmp_path):
         def __iter__(self):
             for i, row in enumerate(list.__iter__(self)):
                 if i == 2:
-                    _rows_to_file(theirs, path, "jsonl", torch.float32)
+                    write_shard(theirs, path, "jsonl", torch.float32)
                 yield row
 
-    _rows_to_file(Midway(mine), path, "jsonl", torch.float32)
+    write_shard(Midway(mine), path, "jsonl", torch.float32)
     assert read_shard(path) == mine  # the last rename wins, whole
     assert os.listdir(tmp_path) == ["shard-00000.jsonl"]
 

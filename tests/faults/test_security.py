@@ -125,11 +125,11 @@ def test_generated_pt_shards_are_plain_data(tmp_path):
     """What the writer stores loads under ``weights_only=True``; values that are no tensor become plain data."""
     import numpy as np
 
-    from clipforge.callbacks.shard_writer import _rows_to_file, read_shard
+    from clipforge.data.shards import read_shard, write_shard
 
     rows = [{"key": "k", "text_embedding": torch.ones(2, 3), "score": np.float32(0.5), "ids": np.arange(3)}]
     path = str(tmp_path / "shard-00000.pt")
-    _rows_to_file(rows, path, "pt", torch.float16)
+    write_shard(rows, path, "pt", torch.float16)
     (loaded,) = torch.load(path, weights_only=True)
     (read,) = read_shard(path)
     assert set(loaded) == set(read) == {"key", "text_embedding", "score", "ids"}
@@ -155,7 +155,7 @@ def test_checkpoints_are_plain_data_and_hold_the_config_that_rebuilds_the_run(tr
     for name in ("last.ckpt", "epoch_000.ckpt"):
         state = torch.load(out / "checkpoints" / name, map_location="cpu", weights_only=True)
         hp, dm_hp = state["hyper_parameters"], state["datamodule_hyper_parameters"]
-        assert hp["_target_"] == "clipforge.tasks.clip.module.CLIPModule"
+        assert hp["_target_"] == "clipforge.tasks.shared.clip.CLIPModule"
         model = instantiate(hp, _convert_="all")
         assert repr(model.vision_spec) == repr(objects["model"].vision_spec)
         assert model.hparams.embed_dim == objects["model"].hparams.embed_dim

@@ -12,7 +12,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from clipforge.data.transforms import ToRGB
+from clipforge.utils.transforms import ToRGB
 
 
 def fingerprint(image) -> dict:

@@ -42,7 +42,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from clipforge.callbacks.shard_writer import read_shard, shard_files
+from clipforge.data.shards import read_shard, shard_files
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_FILES = {"config.yaml", "run.cli.yaml", ".hydra", "shards", "checkpoints", "run.log", "run.log.exit"}
@@ -182,7 +182,7 @@ def prepare(root: Path) -> dict[str, str]:
     """Write the campaign's inputs to ``root``: the photo source and two tiny local models (a chat Llama for the
     captioner, a Llama for the caption encoder), so that no job loads a real tokenizer (seconds each)."""
     from tests.helpers.photos import write_photo_jsonl
-    from tests.helpers.tiny_llms import save_tiny_llm
+    from tests.helpers.tiny_hf import save_tiny_llm
     from tests.helpers.tiny_vlms import save_tiny_chat_llama
 
     (root / "photos").mkdir(parents=True, exist_ok=True)

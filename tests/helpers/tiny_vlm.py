@@ -15,6 +15,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from tests.helpers.tiny_hf import save_causal_lm
+
 SIGLIP = {
     "image_size": 32,
     "patch_size": 8,
@@ -71,23 +73,19 @@ def save_tiny_siglip(path) -> str:
 
 def save_tiny_causal_lm(path, model_type: str = "qwen2", tie_word_embeddings: bool = False) -> str:
     """A random 2-layer causal LM folder (``AutoModelForCausalLM``) with the byte-level tokenizer."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     from clipforge.models.vlm import byte_level_tokenizer
 
-    torch.manual_seed(2)
     tok = byte_level_tokenizer()
-    cfg = AutoConfig.for_model(
+    return save_causal_lm(
+        path,
+        tok,
         model_type,
-        vocab_size=len(tok),
+        2,
         tie_word_embeddings=tie_word_embeddings,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         **LLM,
     )
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return os.fspath(path)
 
 
 QWEN2_CORPUS = [

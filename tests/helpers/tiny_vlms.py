@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 
-from tests.helpers.tiny_models import CORPUS, TINY_DECODER
+from tests.helpers.tiny_hf import CORPUS, TINY_DECODER, byte_level_bpe, save_causal_lm
 
 PROMPT_WORDS = [
     "Describe in English: Express emotional or artistic response:",
@@ -46,22 +46,8 @@ SMOLLM2_TEMPLATE = (
 
 
 def _bpe(specials: list[str], bos: str | None = None, **tokens):
-    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on the tiny corpus, ``specials`` first."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(CORPUS + PROMPT_WORDS, trainer)
-    if bos is not None:
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", special_tokens=[(bos, tok.token_to_id(bos))]
-        )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **tokens)
+    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on the tiny corpus and the prompt words."""
+    return byte_level_bpe(CORPUS + PROMPT_WORDS, 400, specials, bos, **tokens)
 
 
 def save_tiny_llava(path) -> str:
@@ -231,24 +217,20 @@ def save_tiny_qwen_vl_remote(path) -> str:
 
 def save_tiny_chat_llama(path) -> str:
     """A 2-layer Llama (SmolLM2's class) whose tokenizer carries SmolLM2's chat template."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tok = _bpe(
         ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], eos_token="<|im_end|>", pad_token="<|endoftext|>"
     )
     tok.chat_template = SMOLLM2_TEMPLATE
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
+    return save_causal_lm(
+        path,
+        tok,
+        "llama",
+        0,
         **TINY_DECODER,
         max_position_embeddings=256,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return os.fspath(path)
 
 
 TINY_CLASSIFIER = {

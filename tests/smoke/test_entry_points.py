@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from clipforge.callbacks.shard_writer import read_shards
+from clipforge.data.shards import read_shards
 from clipforge.utils.hydra import compose
 from clipforge.utils.runs import find_checkpoint
 from tests.helpers.reference_metrics import checkpoint_recall
@@ -59,7 +59,7 @@ def test_train_writes_run_files_and_metrics(trained):
     assert {k: on_disk[f"val/retrieval/synthetic/{k}"] for k in expected} == pytest.approx(expected)
     assert objects["trainer"].current_epoch == 2
     cli = yaml.safe_load((out / "run.cli.yaml").read_text())
-    assert cli["model"]["class_path"] == "clipforge.tasks.clip.module.CLIPModule"
+    assert cli["model"]["class_path"] == "clipforge.tasks.shared.clip.CLIPModule"
 
 
 def test_eval_reproduces_final_validation(trained, tmp_path):

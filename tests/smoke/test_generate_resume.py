@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipforge.callbacks.shard_writer import read_shards
+from clipforge.data.shards import read_shards
 from tests.helpers.echo_module import fingerprint
 from tests.helpers.photos import BAD, write_photo_jsonl
 

@@ -14,7 +14,7 @@ import torch
 
 from clipforge.utils.hydra import compose
 from tests.helpers.reference_metrics import loop_cra
-from tests.helpers.tiny_llms import save_tiny_llm
+from tests.helpers.tiny_hf import save_tiny_llm
 
 
 def _coco(path, n: int) -> str:
@@ -147,9 +147,9 @@ def test_cra_cli_on_the_export_reproduces_the_validation(stage1, tmp_path):
 
 
 def test_embedding_cache_matches_direct_encoding_and_resumes(stage1, tmp_path):
-    from clipforge.callbacks.shard_writer import read_shards
     from clipforge.cli.generate import generate
     from clipforge.data.embeddings import load_text_embeddings
+    from clipforge.data.shards import read_shards
     from clipforge.models.llm_encoder import LLMEncoder
 
     encoder_dir = stage1["simcse"][0] / "encoder"

@@ -14,8 +14,8 @@ import yaml
 from hydra.utils import instantiate
 from PIL import Image
 
-from clipforge.callbacks.shard_writer import read_shards
 from clipforge.cli.generate import generate
+from clipforge.data.shards import read_shards
 from clipforge.data.shear import Shear
 from clipforge.utils.hydra import compose
 from tests.helpers.tiny_vlms import (

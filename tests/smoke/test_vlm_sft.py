@@ -16,7 +16,7 @@ from clipforge.data.datamodule import ImageTextDataModule
 from clipforge.models.captioners.mini_llava import CAPTION_PROMPT, VLMCaptioner
 from clipforge.models.lora import merged_state_dict
 from clipforge.models.vlm import VisionLanguageModel
-from clipforge.tasks.vlm.sft import VLMSFTModule
+from clipforge.tasks.shared.vlm_sft import VLMSFTModule
 from tests.helpers.tiny_vlm import tiny_images, tiny_spec
 
 

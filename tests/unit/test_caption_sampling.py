@@ -133,15 +133,15 @@ def test_multi_positive_infonce_matches_a_naive_loop(m):
 
 
 def test_cached_text_embeddings_join_by_key_and_caption(tmp_path):
-    from clipforge.callbacks.shard_writer import _rows_to_file
     from clipforge.data.embeddings import join_text_embeddings
+    from clipforge.data.shards import write_shard
 
     records = _records(3)
     emb = {r.key: torch.randn(len(r.captions), 4) for r in records}
     rows = [{"key": r.key, "captions": r.captions, "text_embedding": emb[r.key]} for r in records[:2]]
     rows[1]["captions"] = rows[1]["captions"][:2]  # one caption of k1 has no embedding
     rows[1]["text_embedding"] = emb["k1"][:2]
-    _rows_to_file(rows, str(tmp_path / "shard-00000.pt"), "pt", torch.float32)
+    write_shard(rows, str(tmp_path / "shard-00000.pt"), "pt", torch.float32)
     joined, errors, table = join_text_embeddings(records, str(tmp_path))
     assert [r.key for r in joined] == ["k0", "k1"] and len(joined[1].captions) == 2
     assert sorted((e.key, e.reason) for e in errors) == [

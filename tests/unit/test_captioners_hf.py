@@ -220,7 +220,7 @@ def test_qwen_vl_reproduces_the_official_script(tmp_path, tiny, images):
 def test_label_llm_prompts_with_the_classifiers_top_labels(tiny, images):
     import timm
 
-    from clipforge.data.transforms import ImageTransform
+    from clipforge.utils.transforms import ImageTransform
 
     cap = LabelLLMCaptioner(
         llm=tiny["chat_llama"],

@@ -9,7 +9,7 @@ import torch
 
 from clipforge.models.convert.cc_llm import LLAMA3_TEMPLATE, convert_cc_llm, main
 from clipforge.models.llm_encoder import LLMEncoder, LLMEncoderSpec
-from tests.helpers.tiny_llms import save_tiny_llm
+from tests.helpers.tiny_hf import save_tiny_llm
 
 CAPTIONS = ["a cat sitting on a sofa", "two motorcycles parked on the street", "a cup of coffee"]
 

@@ -17,14 +17,6 @@ SUFFIXES = {".py", ".yaml", ".yml", ".md", ".ipynb", ".toml", ".txt", ".sh"}
 # the link checker's own tests write pointers to crafted files
 CRAFTED = {"tests/unit/test_markdown_links.py", "tests/unit/test_design_citations.py"}
 
-# Files being split or moved on another branch, which also replaces their citations. TEMPORARY: delete every
-# entry (and then this constant) when that branch is merged; the test below fails on a stale entry.
-PENDING_CITATIONS: frozenset[str] = frozenset(
-    {
-        "src/clipforge/tasks/enhance/negatives.py",
-        "src/clipforge/utils/cli_export.py",
-    }
-)
 
 # "SPEC §C.7", "SPEC B.1", "SPEC Part A", "STYLE §4.5", and the files those codes referred to (assembled from
 # pieces so that this file does not match itself)
@@ -65,7 +57,6 @@ def test_the_pattern_finds_outside_citations_only(text, found):
 
 
 def test_no_file_cites_documents_outside_the_repository():
-    """Fails until the files in PENDING_CITATIONS have their citations replaced too (then empty the set)."""
     me = Path(__file__).resolve()
     hits = {}
     for path in _files():
@@ -74,12 +65,7 @@ def test_no_file_cites_documents_outside_the_repository():
         found = outside_citations(path.read_text(encoding="utf-8", errors="replace"))
         if found:
             hits[path.relative_to(ROOT).as_posix()] = found
-    unexpected = {k: v for k, v in hits.items() if k not in PENDING_CITATIONS}
-    assert not unexpected, (
-        f"cite the paper section, the official file or docs/design/*.md instead: {unexpected}"
-    )
-    stale = sorted(PENDING_CITATIONS - set(hits))
-    assert not stale, f"no outside citation left in {stale}: remove them from PENDING_CITATIONS"
+    assert not hits, f"cite the paper section, the official file or docs/design/*.md instead: {hits}"
 
 
 def test_every_pointer_into_the_repositorys_markdown_resolves():

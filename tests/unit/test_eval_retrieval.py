@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clipforge.eval.accumulator import RetrievalAccumulator
 from clipforge.eval.retrieval import (
     _exact_fp32_matmul,
     _positive_windows,
@@ -18,7 +19,6 @@ from clipforge.eval.retrieval import (
     retrieval_metrics,
     retrieval_ranks,
 )
-from clipforge.tasks.retrieval import RetrievalAccumulator
 
 # ----------------------------------------------------------------------------------------------------------------
 # references: a plain argsort (tie-free data), a Python loop of the pessimistic tie rule, CLIP_benchmark itself
@@ -437,7 +437,7 @@ def test_accumulator_flags_collapsed_embeddings(caplog) -> None:
     n = 30
     img = F.normalize(torch.ones(n, 16), dim=-1)
     txt = F.normalize(torch.ones(3 * n, 16), dim=-1)
-    with caplog.at_level(logging.WARNING, logger="clipforge.tasks.retrieval"):
+    with caplog.at_level(logging.WARNING, logger="clipforge.eval.accumulator"):
         metrics = _accumulate(img, txt, 3).compute(name="coco")
     assert metrics["collapsed"] == 1.0
     assert metrics["i2t_R@1"] == metrics["t2i_R@1"] == 0.0
@@ -453,7 +453,7 @@ def test_accumulator_random_embeddings_not_collapsed(caplog) -> None:
     n = 30
     img = F.normalize(torch.randn(n, 16, generator=g), dim=-1)
     txt = F.normalize(img.repeat_interleave(2, 0) + 0.5 * torch.randn(2 * n, 16, generator=g), dim=-1)
-    with caplog.at_level(logging.WARNING, logger="clipforge.tasks.retrieval"):
+    with caplog.at_level(logging.WARNING, logger="clipforge.eval.accumulator"):
         metrics = _accumulate(img, txt, 2).compute(name="coco")
     assert metrics["collapsed"] == 0.0
     assert metrics["num_images"] == 30.0 and metrics["num_captions"] == 60.0

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clipforge.callbacks.llm_zero_shot import CachedClassZeroShotEval
 from clipforge.callbacks.zero_shot import ZeroShotEval
 from clipforge.data.readers import read_records
 from clipforge.data.specs import DatasetSpec
 from clipforge.eval.llm_classnames import (
-    CachedClassZeroShotEval,
     build_class_features,
     classifier_from_features,
     load_class_features,
@@ -24,7 +24,7 @@ from clipforge.losses import ClipLoss
 from clipforge.models.llm_encoder import LLMEncoder, LLMEncoderSpec
 from clipforge.models.vision import TimmVision
 from clipforge.tasks.llm2clip.clip import LLM2CLIPModule
-from tests.helpers.tiny_llms import save_tiny_llm
+from tests.helpers.tiny_hf import save_tiny_llm
 
 TEMPLATES = ["a photo of a {}.", "a blurry photo of the {}."]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 
 import pytest
 import timm
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from clipforge.utils.layer_decay import apply_lr_scales, layer_decay_param_groups, layer_ids
-from clipforge.utils.optim import WarmupCosine, param_groups
+from clipforge.utils.optim import WarmupCosine, optimizer_config, param_groups
 
 
 class _Model(nn.Module):
@@ -112,6 +113,39 @@ def test_scaled_learning_rates_survive_the_scheduler():
         scheduler.step()
     for g in optimizer.param_groups:  # halfway down the cosine, every group at half its own peak
         assert g["lr"] == pytest.approx(0.5e-3 * g["lr_scale"])
+
+
+def test_every_module_configures_its_optimizer_and_per_step_schedule_alike():
+    """``optimizer_config`` (the shared ``configure_optimizers``): the optimizer alone without a scheduler; with one,
+    Lightning's dict stepped per optimizer step, a schedule length left to the trainer filled in."""
+    from types import SimpleNamespace
+
+    from clipforge.tasks.llm2clip import EncoderTrainingModule
+    from clipforge.tasks.llm2clip.clip import LLM2CLIPModule
+    from clipforge.tasks.shared.clip import CLIPModule
+    from clipforge.tasks.shared.vlm_sft import VLMSFTModule
+
+    class Detached:  # a module without a trainer: reading ``trainer`` raises, as Lightning's does
+        def __init__(self, scheduler_builder) -> None:
+            self.scheduler_builder = scheduler_builder
+
+        @property
+        def trainer(self):
+            raise RuntimeError("not attached to a Trainer")
+
+    optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    assert optimizer_config(optimizer, Detached(None)) is optimizer  # no trainer needed without a schedule
+    attached = SimpleNamespace(
+        scheduler_builder=functools.partial(WarmupCosine, warmup_steps=2),
+        trainer=SimpleNamespace(estimated_stepping_batches=7),
+    )
+    out = optimizer_config(optimizer, attached)
+    assert set(out) == {"optimizer", "lr_scheduler"} and out["optimizer"] is optimizer
+    assert out["lr_scheduler"]["interval"] == "step" and out["lr_scheduler"]["scheduler"].total_steps == 7
+    attached.scheduler_builder = functools.partial(WarmupCosine, total_steps=3)
+    assert optimizer_config(optimizer, attached)["lr_scheduler"]["scheduler"].total_steps == 3
+    for module in (CLIPModule, LLM2CLIPModule, EncoderTrainingModule, VLMSFTModule):
+        assert "optimizer_config(" in inspect.getsource(module.configure_optimizers)
 
 
 def test_invalid_arguments():

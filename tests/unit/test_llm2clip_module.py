@@ -13,7 +13,7 @@ from clipforge.losses import ClipLoss
 from clipforge.models.llm_encoder import LLMEncoderSpec
 from clipforge.models.vision import TimmVision
 from clipforge.tasks.llm2clip.clip import LLM2CLIPModule
-from tests.helpers.tiny_llms import save_tiny_llm
+from tests.helpers.tiny_hf import save_tiny_llm
 
 CAPTIONS = [
     "a cat sitting on a sofa",

@@ -19,7 +19,7 @@ from clipforge.models.llm_encoder import (
 )
 from clipforge.models.lora import LoraSpec, apply_lora, merged_state_dict
 from clipforge.models.text import TextTower
-from tests.helpers.tiny_llms import KINDS, save_tiny_llm
+from tests.helpers.tiny_hf import KINDS, save_tiny_llm
 
 
 @pytest.fixture(scope="module")

@@ -186,7 +186,7 @@ def test_callback_with_cached_caption_embeddings(sharegpt4v, tmp_path):
 
 def test_callback_through_the_module_text_encoder(sharegpt4v, tmp_path):
     from clipforge.models.llm_encoder import LLMEncoderSpec
-    from tests.helpers.tiny_llms import save_tiny_llm
+    from tests.helpers.tiny_hf import save_tiny_llm
 
     spec = LLMEncoderSpec(name_or_path=save_tiny_llm(tmp_path / "llm", "llama"), max_length=32)
     torch.manual_seed(0)

@@ -10,9 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipforge.data.caption_groups import CaptionGroup, TextBlockDataModule, mntp_texts, token_blocks
-from clipforge.tasks.llm2clip.mntp import MNTPModule, mntp_loss, mntp_mask
-from tests.helpers.tiny_llms import save_tiny_llm
+from clipforge.data.caption_groups import CaptionGroup
+from clipforge.data.text_blocks import TextBlockDataModule, mntp_texts, token_blocks
+from clipforge.losses.mntp import mntp_loss
+from clipforge.tasks.llm2clip.mntp import MNTPModule, mntp_mask
+from tests.helpers.tiny_hf import save_tiny_llm
 
 
 @pytest.fixture(scope="module")

@@ -96,6 +96,23 @@ def test_openclip_towers_random_init():
     assert t.build()(tok["input_ids"], tok["attention_mask"]).shape == (2, 16)
 
 
+def test_openclip_towers_read_the_named_config_and_its_overrides():
+    """Both open_clip towers take a named config's part and width, explicit fields over it, and refuse a name
+    open_clip does not know or a tower without a width."""
+    import open_clip
+
+    named = open_clip.get_model_config("ViT-B-32")
+    v = OpenCLIPVision("ViT-B-32", vision_cfg={"layers": 1})
+    assert v.vision_cfg == {**named["vision_cfg"], "layers": 1} and v.embed_dim == named["embed_dim"]
+    t = OpenCLIPText("ViT-B-32", embed_dim=64)
+    assert t.text_cfg == named["text_cfg"] and t.embed_dim == 64
+    for tower in (OpenCLIPVision, OpenCLIPText):
+        with pytest.raises(ValueError, match="unknown open_clip model config 'ViT-nope'"):
+            tower("ViT-nope")
+        with pytest.raises(ValueError, match=f"{tower.__name__} needs model_name or embed_dim"):
+            tower()
+
+
 @pytest.mark.parametrize("fixture,pooling", [("tiny_bert_dir", "cls"), ("tiny_llama_dir", "last")])
 def test_hf_text_tower_from_saved_folder(request, fixture, pooling):
     path = request.getfixturevalue(fixture)

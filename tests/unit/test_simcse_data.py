@@ -8,16 +8,15 @@ import json
 import pytest
 import torch
 
-from clipforge.data.caption_groups import (
-    CaptionGroup,
+from clipforge.data.caption_groups import CaptionGroup, read_caption_groups
+from clipforge.data.caption_triplets import (
     CaptionTripletDataModule,
     CaptionTripletDataset,
     HomogeneousBatchSampler,
-    read_caption_groups,
 )
 from clipforge.data.errors import DataConfigError
 from clipforge.data.specs import DatasetSpec
-from tests.helpers.tiny_llms import save_tiny_llm
+from tests.helpers.tiny_hf import save_tiny_llm
 
 
 def _coco(path, n: int, per_image: int = 3) -> str:

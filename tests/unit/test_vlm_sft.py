@@ -6,15 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clipforge.losses.answer import AnswerLoss, answer_window
 from clipforge.models.captioners.mini_llava import CAPTION_PROMPT
 from clipforge.models.vlm import IGNORE_INDEX, VisionLanguageModel
-from clipforge.tasks.vlm.sft import (
-    AnswerLoss,
+from clipforge.tasks.shared.vlm_sft import (
     CaptionFormatter,
     Formatter,
     VLMSFTModule,
     VLMTrainableSpec,
-    answer_window,
     batch_rows,
 )
 from tests.helpers.tiny_vlm import tiny_images, tiny_spec

@@ -14,7 +14,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from clipforge.utils.checkpoint import plain_hyperparameters
-from clipforge.utils.task import flat_metrics
+from clipforge.utils.metrics import flat_metrics
 
 __all__ = ["MetricsState", "PlainHyperparameters"]
 

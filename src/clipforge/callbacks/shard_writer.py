@@ -6,9 +6,8 @@ temporary name and renamed once all of its rows are in, so a file on disk is alw
 the same folder, finished shards are skipped (the datamodule leaves their rows out), so a job killed at any point
 resumes without losing or duplicating rows. Under DDP each rank takes the disjoint shards ``i % world == rank``.
 
-``pt`` shards hold plain data only (tensors, numbers, strings, lists, dicts: other values are stored as
-:func:`~clipforge.data.records.jsonable` makes them) and are read with ``torch.load(weights_only=True)``, so a
-crafted shard in a folder given as input (``data.*.text_embeddings``) cannot run code: it is refused with one line.
+The shard files themselves (formats, plain-data ``pt`` shards read with ``weights_only=True``, reading a folder
+back) are the data layer's: :mod:`clipforge.data.shards`.
 
 A row whose image failed is an error row ``{"key", "error": reason}`` in its shard, so every input row is
 accounted for; the merged table holds the good rows, ``errors.jsonl`` the others. ``_plan.json`` records the
@@ -28,8 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
-import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -37,92 +34,18 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from clipforge.data.errors import DataConfigError
 from clipforge.data.records import jsonable
-from clipforge.utils.checkpoint import refusal_detail
+from clipforge.data.shards import FORMATS, read_shards, shard_files, tmp_name, write_shard
 from clipforge.utils.locks import FolderLock
 
 log = logging.getLogger("clipforge.generate")
 
-FORMATS = {"jsonl": ".jsonl", "parquet": ".parquet", "pt": ".pt"}
-
-
-def _tmp_name(path: str) -> str:
-    """A temporary name beside ``path`` that no other writer uses (pid and a random tag)."""
-    return f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-
 
 def _write_json(obj: Any, path: str, **kwargs) -> None:
-    tmp = _tmp_name(path)
+    tmp = tmp_name(path)
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, **kwargs)
     os.replace(tmp, path)
-
-
-def _plain(value: Any, dtype: torch.dtype) -> Any:
-    """A ``pt`` shard value: tensors on CPU (floating ones as ``dtype``), containers recursed, the rest jsonable."""
-    if torch.is_tensor(value):
-        value = value.detach().to("cpu")
-        return value.to(dtype) if value.is_floating_point() else value
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v, dtype) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v, dtype) for v in value]
-    return jsonable(value)
-
-
-def _rows_to_file(rows: list[dict], path: str, fmt: str, dtype: torch.dtype) -> None:
-    tmp = _tmp_name(path)
-    if fmt == "jsonl":
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(jsonable(row), ensure_ascii=False) + "\n")
-    elif fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        pq.write_table(pa.Table.from_pylist([jsonable(r) for r in rows]), tmp)
-    else:
-        torch.save([_plain(r, dtype) for r in rows], tmp)
-    os.replace(tmp, path)
-
-
-def read_shard(path: str) -> list[dict]:
-    """Rows of one output shard (``.jsonl``, ``.parquet`` or ``.pt``), error rows included.
-
-    Raises:
-        DataConfigError: a ``.pt`` file holding anything but plain data (it is never unpickled further).
-    """
-    if path.endswith(".jsonl"):
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        return [{k: v for k, v in r.items() if v is not None} for r in pq.read_table(path).to_pylist()]
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise DataConfigError(
-            f"{path}: not a plain-data shard ({refusal_detail(e)}); shards are read with weights_only=True and "
-            "never run code: regenerate the folder with clipforge-generate"
-        ) from None
-
-
-def shard_files(dirpath: str) -> list[str]:
-    """Finished output shards in ``dirpath``, in shard order."""
-    if not os.path.isdir(dirpath):
-        return []
-    exts = tuple(FORMATS.values())
-    return sorted(
-        os.path.join(dirpath, f) for f in os.listdir(dirpath) if f.startswith("shard-") and f.endswith(exts)
-    )
-
-
-def read_shards(dirpath: str, errors: bool = False) -> list[dict]:
-    """All rows of a shard folder in input order: the good rows, or with ``errors=True`` only the error rows."""
-    rows = [r for path in shard_files(dirpath) for r in read_shard(path)]
-    return [r for r in rows if ("error" in r) == errors]
 
 
 def _plan_digest(keys: Iterable[str]) -> str:
@@ -241,7 +164,7 @@ class ShardWriter(BasePredictionWriter):
     # -- writing ----------------------------------------------------------------------------------------------
     def _flush(self, shard: str) -> None:
         rows = sorted(self._pending.pop(shard), key=lambda r: self._order[r["key"]])
-        _rows_to_file(rows, self._path(shard), self.format, self.dtype)
+        write_shard(rows, self._path(shard), self.format, self.dtype)
         self.rows_written += len(rows)
 
     def write_on_batch_end(
@@ -293,13 +216,13 @@ class ShardWriter(BasePredictionWriter):
         errors = read_shards(self.dirpath, errors=True)
         out_dir = os.path.dirname(os.path.abspath(self.merge_path or self.dirpath))
         if self.merge_path:
-            _rows_to_file(
+            write_shard(
                 rows,
                 self.merge_path,
                 "parquet" if self.merge_path.endswith(".parquet") else "jsonl",
                 self.dtype,
             )
-        _rows_to_file(errors, os.path.join(out_dir, "errors.jsonl"), "jsonl", self.dtype)
+        write_shard(errors, os.path.join(out_dir, "errors.jsonl"), "jsonl", self.dtype)
         summary: dict[str, Any] = {"rows": len(rows), "errors": len(errors), "shards": len(plan)}
         hook = getattr(pl_module, "on_predictions_merged", None)
         if callable(hook):

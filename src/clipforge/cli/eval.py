@@ -14,9 +14,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from clipforge.cli.task import flat_metrics, print_metrics, task_wrapper, write_metrics, write_run_files
 from clipforge.cli.train import build, weights_only
 from clipforge.utils.hydra import CONF_DIR
-from clipforge.utils.task import flat_metrics, print_metrics, task_wrapper, write_metrics, write_run_files
 
 
 @task_wrapper

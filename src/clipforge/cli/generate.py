@@ -8,9 +8,9 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from clipforge.cli.task import task_wrapper, write_run_files
 from clipforge.cli.train import build, weights_only
 from clipforge.utils.hydra import CONF_DIR
-from clipforge.utils.task import task_wrapper, write_run_files
 
 
 @task_wrapper

@@ -13,8 +13,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from clipforge.utils.hydra import CONF_DIR, instantiate_dict
-from clipforge.utils.task import (
+from clipforge.cli.task import (
     flat_metrics,
     log_hyperparameters,
     print_metrics,
@@ -22,6 +21,7 @@ from clipforge.utils.task import (
     write_metrics,
     write_run_files,
 )
+from clipforge.utils.hydra import CONF_DIR, instantiate_dict
 
 log = logging.getLogger("clipforge")
 

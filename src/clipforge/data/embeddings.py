@@ -8,12 +8,11 @@ import os
 import torch
 
 from clipforge.data.records import ErrorRecord, Record
+from clipforge.data.shards import read_shards
 
 
 def load_text_embeddings(folder: str) -> dict[str, dict[str, torch.Tensor]]:
     """``key -> {caption: embedding}`` from the ``pt`` shards of an embedding job (error rows skipped)."""
-    from clipforge.callbacks.shard_writer import read_shards
-
     table: dict[str, dict[str, torch.Tensor]] = {}
     for row in read_shards(os.path.expanduser(folder)):
         emb = row["text_embedding"]

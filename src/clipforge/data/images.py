@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from clipforge.data.errors import ImageLoadError
 from clipforge.data.records import HFImageRef, ImageRef, SyntheticRef, TarMemberRef
-from clipforge.data.transforms import ImageTransform
+from clipforge.utils.transforms import ImageTransform
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb threshold
 

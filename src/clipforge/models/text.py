@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from clipforge.models.assets import resolve_asset
+from clipforge.models.open_clip_config import open_clip_tower_config
 from clipforge.models.pooling import POOLINGS, pool
 
 __all__ = ["HFText", "HFTokenizer", "OpenCLIPText", "OpenCLIPTokenizer", "TextTower"]
@@ -75,18 +76,10 @@ class OpenCLIPText(TextTower):
     def __init__(
         self, model_name: str | None = None, text_cfg: dict | None = None, embed_dim: int | None = None
     ) -> None:
-        import open_clip
-
-        base: dict = {}
-        if model_name:
-            cfg = open_clip.get_model_config(model_name)
-            if cfg is None:
-                raise ValueError(f"unknown open_clip model config {model_name!r}")
-            base, embed_dim = dict(cfg["text_cfg"]), embed_dim or cfg["embed_dim"]
-        if embed_dim is None:
-            raise ValueError("OpenCLIPText needs model_name or embed_dim")
-        self.model_name, self.embed_dim = model_name, int(embed_dim)
-        self.text_cfg = {**base, **(text_cfg or {})}
+        self.model_name = model_name
+        self.text_cfg, self.embed_dim = open_clip_tower_config(
+            "OpenCLIPText", "text", model_name, text_cfg, embed_dim
+        )
 
     def build(self) -> nn.Module:
         from open_clip.model import CLIPTextCfg, _build_text_tower

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from clipforge.data.transforms import ImageTransform
 from clipforge.models.assets import resolve_asset
+from clipforge.models.open_clip_config import open_clip_tower_config
+from clipforge.utils.transforms import ImageTransform
 
 __all__ = ["ImageTransform", "OpenCLIPVision", "TimmVision", "VisionTower"]
 
@@ -156,19 +157,12 @@ class OpenCLIPVision(VisionTower):
         embed_dim: int | None = None,
         augment: bool = False,
     ) -> None:
-        import open_clip
         from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-        base: dict = {}
-        if model_name:
-            cfg = open_clip.get_model_config(model_name)
-            if cfg is None:
-                raise ValueError(f"unknown open_clip model config {model_name!r}")
-            base, embed_dim = dict(cfg["vision_cfg"]), embed_dim or cfg["embed_dim"]
-        if embed_dim is None:
-            raise ValueError("OpenCLIPVision needs model_name or embed_dim")
-        self.model_name, self.embed_dim, self.augment = model_name, int(embed_dim), augment
-        self.vision_cfg = {**base, **(vision_cfg or {})}
+        self.model_name, self.augment = model_name, augment
+        self.vision_cfg, self.embed_dim = open_clip_tower_config(
+            "OpenCLIPVision", "vision", model_name, vision_cfg, embed_dim
+        )
         size = self.vision_cfg.get("image_size", 224)
         self.image_size = size if isinstance(size, int) else size[0]
         self.mean, self.std = tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD)

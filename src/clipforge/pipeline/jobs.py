@@ -101,12 +101,15 @@ class Job:
         return compose([f"experiment={self.experiment}", *self.overrides], self.primary, self.output_dir)
 
     def config_hash(self, upstream: Mapping[str, str]) -> str:
-        """SHA-256 of the resolved job config (no ``hydra``, no ``ckpt_path``) and the upstream hashes."""
+        """SHA-256 of the resolved job config (no ``hydra``, no ``ckpt_path``; every moved class under its first
+        path, :mod:`clipforge.utils.moved`) and the upstream hashes."""
         from omegaconf import OmegaConf
 
         from clipforge.utils.hydra import job_config
+        from clipforge.utils.moved import first_targets
 
-        job = OmegaConf.to_container(job_config(self.compose()), resolve=True)
+        # classes under their first path: moving a class does not change the hash of a finished job
+        job = first_targets(OmegaConf.to_container(job_config(self.compose()), resolve=True))
         job.pop("ckpt_path", None)
         payload = {
             "primary": self.primary,
@@ -152,7 +155,7 @@ def _run_inprocess(job: Job, extra: Sequence[str]) -> dict:
         from clipforge.cli.generate import generate as task
     else:
         raise ValueError(f"unknown primary {job.primary!r}")
-    from clipforge.utils import task as task_module
+    from clipforge.cli import task as task_module
 
     task_module.PRINT_ERRORS = False  # the pipeline prints the one line, naming the step
     try:

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from clipforge.utils.moved import upgrade_targets
+
 __all__ = [
     "TRUST_ENV",
     "UntrustedCheckpointError",
@@ -89,11 +91,18 @@ def refuse_untrusted(path: object) -> Iterator[None]:
 def load_checkpoint(path: str, trust: bool | None = None, map_location: Any = "cpu") -> dict:
     """``torch.load`` a checkpoint, with ``weights_only=True`` unless :func:`trusts_checkpoints` says otherwise.
 
+    The hyper-parameters' class paths are the current ones (:func:`~clipforge.utils.moved.upgrade_targets`), so
+    ``hydra.utils.instantiate(state["hyper_parameters"])`` rebuilds a module saved before its class moved.
+
     Raises:
         UntrustedCheckpointError: the file needs unrestricted unpickling and is not trusted.
     """
     with refuse_untrusted(path):
-        return torch.load(path, map_location=map_location, weights_only=not trusts_checkpoints(trust))
+        state = torch.load(path, map_location=map_location, weights_only=not trusts_checkpoints(trust))
+    for key in HPARAM_KEYS:  # hyper-parameters written before a class moved name its old path
+        if isinstance(state, dict) and isinstance(state.get(key), Mapping):
+            state[key] = upgrade_targets(state[key])
+    return state
 
 
 def _path(obj: Any) -> str:

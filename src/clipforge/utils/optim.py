@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["WarmupCosine", "param_groups", "resolve_scheduler"]
+__all__ = ["WarmupCosine", "optimizer_config", "param_groups", "resolve_scheduler"]
 
 _NO_DECAY_NAMES = ("bias", "norm", "ln_", ".ln", "bn", "logit_scale", "logit_bias", "embeddings.position")
 
@@ -62,3 +62,22 @@ def resolve_scheduler(scheduler, trainer) -> object:
     if isinstance(scheduler, WarmupCosine) and scheduler.total_steps < 0:
         scheduler.total_steps = int(trainer.estimated_stepping_batches)
     return scheduler
+
+
+def optimizer_config(optimizer: torch.optim.Optimizer, module) -> object:
+    """What every clipforge module's ``configure_optimizers`` returns.
+
+    Args:
+        optimizer: the built optimizer.
+        module: the LightningModule: its ``scheduler_builder`` (``optimizer -> LR scheduler``, its ``scheduler``
+            argument, or ``None``) and, only with a scheduler, its ``trainer`` (which fills in a schedule length
+            left to it, :func:`resolve_scheduler`).
+
+    Returns:
+        ``optimizer`` alone without a scheduler, else Lightning's dict with the scheduler stepped every
+        optimizer step.
+    """
+    if module.scheduler_builder is None:
+        return optimizer
+    scheduler = resolve_scheduler(module.scheduler_builder(optimizer), module.trainer)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from clipforge.utils.moved import upgrade_targets
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -103,7 +105,9 @@ def load_run(
     Raises:
         UntrustedCheckpointError: the checkpoint needs unrestricted unpickling and ``trust_checkpoint`` is off.
     """
-    cfg = OmegaConf.load(os.path.join(run_dir, "config.yaml"))
+    # a run written before a class moved names its old path (clipforge.utils.moved)
+    stored = OmegaConf.to_container(OmegaConf.load(os.path.join(run_dir, "config.yaml")))
+    cfg = OmegaConf.create(upgrade_targets(stored))
     run = Run(str(run_dir), cfg, _read_json(os.path.join(run_dir, "metrics.json")), _read_overrides(run_dir))
     if checkpoint in ("best", "last"):
         run.checkpoint = find_checkpoint(run_dir, checkpoint, trust_checkpoint)

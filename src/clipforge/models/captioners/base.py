@@ -1,4 +1,4 @@
-"""The ``Captioner`` protocol every caption backend implements, and the official post-processing rules."""
+"""The ``Captioner`` protocol every caption backend implements (the post-processing rules: :mod:`.decoding`)."""
 
 from __future__ import annotations
 
@@ -51,10 +51,3 @@ class Captioner(Protocol):
     def generate(
         self, images: Sequence[Image.Image], captions: Sequence[str], keys: Sequence[str]
     ) -> list[list[Generation]]: ...
-
-
-def first_sentence(text: str) -> str:
-    """The official scripts' cut, ``text.strip().split(".")[0]`` exactly: everything before the first ``.`` of the
-    stripped text (``" A cat. It"`` -> ``"A cat"``). Whitespace before that ``.`` is kept (``"A cat ."`` ->
-    ``"A cat "``) and a text that starts with ``.`` gives ``""``, as in the released captions."""
-    return text.strip().split(".")[0]

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from clipforge.models.captioners.base import first_sentence
+from clipforge.utils.text import first_sentence
 
 __all__ = ["POSTPROCESS", "Decoding", "KeyedSampler", "as_decoding", "postprocess", "row_seed"]
 

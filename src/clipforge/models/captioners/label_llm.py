@@ -15,12 +15,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from clipforge.data.transforms import ImageTransform
-from clipforge.eval.zero_shot import imagenet_classnames
 from clipforge.models.assets import resolve_asset
 from clipforge.models.captioners.batched import BatchedCaptioner, resolve_dtype
 from clipforge.models.captioners.decoding import Decoding
 from clipforge.models.captioners.hf import render_prompt
+from clipforge.utils.transforms import ImageTransform
+from clipforge.utils.zero_shot_metadata import imagenet_classnames
 
 __all__ = ["LabelLLMCaptioner"]
 

@@ -22,10 +22,10 @@ import os
 
 import lightning as L
 
-from clipforge.data.transforms import ToRGB
 from clipforge.tasks.enhance.outputs import predict_image_paths, write_jsonl
 from clipforge.tasks.enhance.parse import parse_output
 from clipforge.tasks.enhance.teacher import Reply, Teacher
+from clipforge.utils.transforms import ToRGB
 
 __all__ = ["EnhanceAnnotateModule", "training_pairs"]
 

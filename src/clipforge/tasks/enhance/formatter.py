@@ -33,8 +33,8 @@ class AITQEFormatter:
             and ``Overall Score`` (what the default stop-at-``<Overall>`` inference reads; 5-10x shorter).
         seed: seed of the negative sampling (each call draws anew, so every epoch sees other negatives).
 
-    ``fixed`` (set by :class:`~clipforge.tasks.vlm.sft.VLMSFTModule` during validation) makes a row's target depend
-    on the row only, so every validation epoch scores the same negatives and ``val/lm_loss`` is comparable.
+    ``fixed`` (set by :class:`~clipforge.tasks.shared.vlm_sft.VLMSFTModule` during validation) makes a row's target
+    depend on the row only, so every validation epoch scores the same negatives and ``val/lm_loss`` is comparable.
     """
 
     def __init__(

@@ -1,6 +1,8 @@
 """Stage ``llm2clip``: an LLM fine-tuned as a caption encoder (stage 1), frozen behind an adapter as CLIP's text tower (stage 2).
 
-Stage 1 modules (MNTP in :mod:`.mntp`, supervised SimCSE in :mod:`.simcse`) share :class:`EncoderTrainingModule`:
+Every module around an LLM encoder derives from :class:`LLMEncoderModule` (the encoder built from its spec in
+``configure_model``, the tokenizer before and after). Stage 1 modules (MNTP in :mod:`.mntp`, supervised SimCSE in
+:mod:`.simcse`) share :class:`EncoderTrainingModule`:
 the encoder is built in ``configure_model`` from its spec, LoRA adapters are the only trainable weights (or the
 whole LLM with ``lora: null``), checkpoints hold the trainable weights only, and the encoder is exported with the
 adapters merged when fitting ends. :mod:`.embed` caches caption embeddings with a frozen encoder.
@@ -17,14 +19,51 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from clipforge.models.llm_encoder import LLMEncoder, LLMEncoderSpec, as_encoder_spec
 from clipforge.models.lora import LoraSpec, apply_lora, as_lora_spec
-from clipforge.utils.optim import param_groups, resolve_scheduler
+from clipforge.utils.optim import optimizer_config, param_groups
 
-__all__ = ["EncoderTrainingModule"]
+__all__ = ["EncoderTrainingModule", "LLMEncoderModule"]
 
 log = logging.getLogger("clipforge")
 
 
-class EncoderTrainingModule(L.LightningModule):
+class LLMEncoderModule(L.LightningModule):
+    """A LightningModule around an :class:`LLMEncoder` built from its spec in ``configure_model``.
+
+    ``tokenizer`` is the spec's until the encoder exists (the datamodule tokenizes before the model is built),
+    then the encoder's. Subclasses adapt the new encoder in :meth:`prepare_encoder` (adapters, freezing, mode).
+
+    Args:
+        llm_encoder: the LLM and its attention / pooling / instruction settings.
+    """
+
+    with_lm_head = False
+
+    def __init__(self, llm_encoder: LLMEncoderSpec | Mapping) -> None:
+        super().__init__()
+        self.encoder_spec = as_encoder_spec(llm_encoder)
+        self.encoder: LLMEncoder | None = None
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        """The encoder's tokenizer (``texts, instructions -> input_ids, attention_mask, embed_mask``)."""
+        if self._tokenizer is None:
+            self._tokenizer = self.encoder_spec.tokenizer()
+        return self._tokenizer
+
+    def configure_model(self) -> None:
+        if self.encoder is not None:
+            return
+        encoder = LLMEncoder.from_spec(self.encoder_spec, with_lm_head=self.with_lm_head)
+        self._tokenizer = encoder.tokenizer
+        self.encoder = self.prepare_encoder(encoder)
+
+    def prepare_encoder(self, encoder: LLMEncoder) -> LLMEncoder:
+        """The encoder as this module uses it (default: as built)."""
+        return encoder
+
+
+class EncoderTrainingModule(LLMEncoderModule):
     """An :class:`LLMEncoder` trained with LoRA; subclasses add the objective.
 
     Subclasses call ``save_hyperparameters`` with their full signature.
@@ -40,8 +79,6 @@ class EncoderTrainingModule(L.LightningModule):
             HF weights + tokenizer + ``encoder_config.json``); ``None`` = no export.
     """
 
-    with_lm_head = False
-
     def __init__(
         self,
         llm_encoder: LLMEncoderSpec | Mapping,
@@ -51,28 +88,16 @@ class EncoderTrainingModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         export_dir: str | None = None,
     ) -> None:
-        super().__init__()
-        self.encoder_spec = as_encoder_spec(llm_encoder)
+        super().__init__(llm_encoder)
         self.lora_spec = None if lora is None else as_lora_spec(lora)
         # kept as attributes: under LightningCLI, hparams hold the parsed config dicts, not the callables
         self.optimizer_builder, self.scheduler_builder = optimizer, scheduler
         self.gradient_checkpointing, self.export_dir = gradient_checkpointing, export_dir
-        self.encoder: LLMEncoder | None = None
-        self._tokenizer = None
         # checkpoints hold the trainable weights only; the frozen LLM is rebuilt from its spec
         self.strict_loading = False
 
-    @property
-    def tokenizer(self):
-        """The encoder's tokenizer (``texts, instructions -> input_ids, attention_mask, embed_mask``)."""
-        if self._tokenizer is None:
-            self._tokenizer = self.encoder_spec.tokenizer()
-        return self._tokenizer
-
-    def configure_model(self) -> None:
-        if self.encoder is not None:
-            return
-        encoder = LLMEncoder.from_spec(self.encoder_spec, with_lm_head=self.with_lm_head)
+    def prepare_encoder(self, encoder: LLMEncoder) -> LLMEncoder:
+        """Frozen LM head, LoRA adapters, gradient checkpointing, training mode."""
         if encoder.lm_head is not None:
             encoder.lm_head.requires_grad_(False)
         if self.lora_spec is not None:
@@ -81,8 +106,7 @@ class EncoderTrainingModule(L.LightningModule):
             encoder.base_model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
-        self._tokenizer = encoder.tokenizer
-        self.encoder = encoder.train()  # from_pretrained leaves eval mode; adapters' dropout must be active
+        return encoder.train()  # from_pretrained leaves eval mode; adapters' dropout must be active
 
     def _trainable_keys(self) -> set[str]:
         return {name for name, p in self.named_parameters() if p.requires_grad}
@@ -104,7 +128,4 @@ class EncoderTrainingModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = self.optimizer_builder(param_groups(self))
-        if self.scheduler_builder is None:
-            return optimizer
-        scheduler = resolve_scheduler(self.scheduler_builder(optimizer), self.trainer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer_config(optimizer, self)

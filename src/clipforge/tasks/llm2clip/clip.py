@@ -35,16 +35,16 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from clipforge.eval.accumulator import RetrievalAccumulator
 from clipforge.models.adapters import AdapterSpec, as_adapter_spec, build_adapter
 from clipforge.models.heads import HeadSpec, build_head
 from clipforge.models.llm_encoder import LLMEncoderSpec
 from clipforge.models.text import TextTower
 from clipforge.models.trainable import apply_trainable
 from clipforge.models.vision import VisionTower
-from clipforge.tasks.clip.module import CLIPModule
-from clipforge.tasks.retrieval import RetrievalAccumulator
+from clipforge.tasks.shared.clip import CLIPModule
 from clipforge.utils.layer_decay import apply_lr_scales, layer_decay_param_groups
-from clipforge.utils.optim import param_groups, resolve_scheduler
+from clipforge.utils.optim import optimizer_config, param_groups
 
 __all__ = ["TEXT_SOURCES", "LLM2CLIPModule"]
 
@@ -246,7 +246,4 @@ class LLM2CLIPModule(CLIPModule):
             else param_groups(self)
         )
         optimizer = apply_lr_scales(self.optimizer_builder(groups))
-        if self.scheduler_builder is None:
-            return optimizer
-        scheduler = resolve_scheduler(self.scheduler_builder(optimizer), self.trainer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer_config(optimizer, self)

@@ -13,16 +13,16 @@ import json
 import os
 from collections.abc import Mapping
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 
-from clipforge.models.llm_encoder import LLMEncoder, LLMEncoderSpec, as_encoder_spec
+from clipforge.models.llm_encoder import LLMEncoder, LLMEncoderSpec
+from clipforge.tasks.llm2clip import LLMEncoderModule
 
 __all__ = ["CaptionEmbedModule"]
 
 
-class CaptionEmbedModule(L.LightningModule):
+class CaptionEmbedModule(LLMEncoderModule):
     """Embeds every caption of every predict row with a frozen :class:`LLMEncoder` (no instruction: LLM2CLIP's
     ``extract_embedding.py`` encodes the bare captions).
 
@@ -42,26 +42,13 @@ class CaptionEmbedModule(L.LightningModule):
     def __init__(
         self, llm_encoder: LLMEncoderSpec | Mapping, normalize: bool = False, micro_batch_size: int = 32
     ) -> None:
-        super().__init__()
+        super().__init__(llm_encoder)
         self.save_hyperparameters(logger=False)
-        self.encoder_spec = as_encoder_spec(llm_encoder)
-        self.encoder: LLMEncoder | None = None
-        self._tokenizer = None
 
-    @property
-    def tokenizer(self):
-        """The encoder's tokenizer (the datamodule's collator tokenizes captions with it)."""
-        if self._tokenizer is None:
-            self._tokenizer = self.encoder_spec.tokenizer()
-        return self._tokenizer
-
-    def configure_model(self) -> None:
-        if self.encoder is not None:
-            return
-        self.encoder = LLMEncoder.from_spec(self.encoder_spec)
-        self.encoder.requires_grad_(False)
-        self.encoder.eval()
-        self._tokenizer = self.encoder.tokenizer
+    def prepare_encoder(self, encoder: LLMEncoder) -> LLMEncoder:
+        """Frozen and in eval mode (the datamodule's collator tokenizes captions with its tokenizer)."""
+        encoder.requires_grad_(False)
+        return encoder.eval()
 
     @torch.no_grad()
     def predict_step(self, batch: Mapping, batch_idx: int, dataloader_idx: int = 0) -> dict:

@@ -12,14 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
+from clipforge.losses.mntp import mntp_loss
 from clipforge.models.llm_encoder import LLMEncoderSpec
 from clipforge.models.lora import LoraSpec
 from clipforge.tasks.llm2clip import EncoderTrainingModule
 
-__all__ = ["MNTPModule", "mntp_mask", "mntp_loss"]
+__all__ = ["MNTPModule", "mntp_mask"]
 
 
 def mntp_mask(
@@ -60,30 +60,11 @@ def mntp_mask(
     return inputs, labels
 
 
-def mntp_loss(
-    hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy of predicting ``labels[:, i]`` from ``hidden[:, i - 1]``; returns ``(loss, accuracy)``.
-
-    Only the asked positions go through the LM head (a vocabulary-wide projection of every position would dominate
-    the step). With no asked position the loss is an exact zero that still back-propagates.
-    """
-    target = labels[:, 1:]
-    asked = target != -100
-    if not bool(asked.any()):
-        zero = hidden.sum() * 0.0
-        return zero, zero.detach()
-    logits = lm_head(hidden[:, :-1][asked]).float()
-    loss = F.cross_entropy(logits, target[asked])
-    accuracy = (logits.argmax(-1) == target[asked]).float().mean().detach()
-    return loss, accuracy
-
-
 class MNTPModule(EncoderTrainingModule):
     """LLM2Vec's masked next-token prediction with LoRA; the first step of the caption-contrastive recipe.
 
-    Batch keys: ``input_ids`` (``(B, block_size)`` token blocks from :class:`~clipforge.data.caption_groups.
-    TextBlockDataModule`), optional ``attention_mask``. Logged: ``train/mntp_loss``, ``train/mntp_accuracy``,
+    Batch keys: ``input_ids`` (``(B, block_size)`` token blocks from
+    :class:`~clipforge.data.text_blocks.TextBlockDataModule`), optional ``attention_mask``. Logged: ``train/mntp_loss``, ``train/mntp_accuracy``,
     ``val/mntp_loss``, ``val/mntp_accuracy`` (validation masks with a fixed seed per batch, so epochs compare).
     Trainable: the LoRA adapters (or the whole LLM with ``lora: null``); the LM head stays frozen.
 

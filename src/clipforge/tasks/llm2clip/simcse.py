@@ -25,7 +25,7 @@ __all__ = ["CaptionContrastiveModule"]
 class CaptionContrastiveModule(EncoderTrainingModule):
     """Caption-contrastive fine-tuning of an LLM encoder.
 
-    Batch keys (training, :class:`~clipforge.data.caption_groups.CaptionTripletDataModule`): ``query``,
+    Batch keys (training, :class:`~clipforge.data.caption_triplets.CaptionTripletDataModule`): ``query``,
     ``positive``, ``negative`` (tokenizer outputs with ``embed_mask``). Validation batches: ``text`` (every caption
     of each held-out group) and ``caption_group``. Logged: ``train/contrastive_loss``, ``train/top1``,
     ``train/global_batch_size``; ``val/cra/<dataset>/{cra_pairs,cra_full}`` and, for the first validation set,

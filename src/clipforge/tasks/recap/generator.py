@@ -78,7 +78,7 @@ class CaptionGeneratorModule(L.LightningModule):
     # -- data-side contract -------------------------------------------------------------------------------------
     def image_transform(self, train: bool):
         """PIL -> RGB PIL (captioners take decoded images; their processors do the rest)."""
-        from clipforge.data.transforms import ToRGB
+        from clipforge.utils.transforms import ToRGB
 
         return ToRGB(self.hparams.max_image_side)
 

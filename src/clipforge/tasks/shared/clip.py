@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from clipforge.eval.accumulator import RetrievalAccumulator
 from clipforge.models.heads import HeadSpec, as_head_spec, build_head
 from clipforge.models.text import TextTower
 from clipforge.models.trainable import TrainableSpec, apply_trainable, as_trainable
 from clipforge.models.vision import VisionTower
-from clipforge.tasks.retrieval import RetrievalAccumulator
-from clipforge.utils.optim import param_groups, resolve_scheduler
+from clipforge.utils.optim import optimizer_config, param_groups
 
 
 class CLIPModule(L.LightningModule):
@@ -228,7 +228,4 @@ class CLIPModule(L.LightningModule):
     # -- optimisation ---------------------------------------------------------------------------------------------
     def configure_optimizers(self):
         optimizer = self.optimizer_builder(param_groups(self))
-        if self.scheduler_builder is None:
-            return optimizer
-        scheduler = resolve_scheduler(self.scheduler_builder(optimizer), self.trainer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer_config(optimizer, self)

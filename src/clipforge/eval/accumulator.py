@@ -1,6 +1,7 @@
-"""Collects image/caption embeddings over an evaluation epoch and turns them into retrieval metrics.
+"""``RetrievalAccumulator``: image/caption embeddings of an evaluation epoch, turned into retrieval metrics.
 
-Shared by every LightningModule that can embed images and captions (the CLIP baseline, LLM2CLIP). Works under
+Plain torch (``torch.distributed`` for the gather), used by every LightningModule that can embed images and
+captions (the CLIP baseline, LLM2CLIP). Works under
 DDP: each rank holds what its sampler gave it; ``compute()`` gathers all ranks' embeddings and removes the samples
 that a distributed sampler repeated to even out the shards (by sample key), so every image counts once.
 

@@ -16,26 +16,24 @@ from typing import Protocol, runtime_checkable
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from clipforge.losses.answer import IGNORE_INDEX, AnswerLoss, answer_window
 from clipforge.models.captioners.mini_llava import CAPTION_PROMPT
 from clipforge.models.lora import LoraSpec, apply_lora, as_lora_spec
 from clipforge.models.trainable import apply_trainable
-from clipforge.models.vlm import IGNORE_INDEX, VisionLanguageModel, VLMSpec, load_weights
+from clipforge.models.vlm import VisionLanguageModel, VLMSpec, load_weights
 from clipforge.utils.checkpoint import plain_hyperparameters
-from clipforge.utils.optim import param_groups, resolve_scheduler
+from clipforge.utils.optim import optimizer_config, param_groups
 
 log = logging.getLogger("clipforge")
 
 __all__ = [
-    "AnswerLoss",
     "CaptionFormatter",
     "Formatter",
     "VLMSFTModule",
     "VLMTrainableSpec",
-    "answer_window",
     "batch_rows",
 ]
 
@@ -111,27 +109,6 @@ def batch_rows(batch: Mapping) -> list[dict]:
         {"key": k, "caption": c, "captions": cs, "meta": m}
         for k, c, cs, m in zip(keys, batch["caption"], captions, batch["meta"])
     ]
-
-
-def answer_window(labels: torch.Tensor) -> int:
-    """How many final positions need logits: from the first position that predicts a labelled token."""
-    targets = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero()
-    return labels.shape[1] - int(targets[0]) if len(targets) else 1
-
-
-class AnswerLoss(nn.Module):
-    """Next-token cross-entropy averaged over labelled tokens (labels :data:`IGNORE_INDEX` elsewhere).
-
-    ``logits`` may cover only the last ``k`` positions of the sequence (``logits_to_keep``); they are aligned with
-    the labels from the right.
-    """
-
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        k = logits.shape[1]
-        targets = labels[:, labels.shape[1] - k + 1 :]
-        return F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
-        )
 
 
 class VLMSFTModule(L.LightningModule):
@@ -304,7 +281,4 @@ class VLMSFTModule(L.LightningModule):
     # -- optimisation ---------------------------------------------------------------------------------------------
     def configure_optimizers(self):
         optimizer = self.optimizer_builder(param_groups(self))
-        if self.scheduler_builder is None:
-            return optimizer
-        scheduler = resolve_scheduler(self.scheduler_builder(optimizer), self.trainer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer_config(optimizer, self)

@@ -1,4 +1,9 @@
-"""Image transforms shared by the data layer and the vision tower specs."""
+"""Image transforms shared by the data layer and the vision tower specs.
+
+In the bottom layer because both use them and neither imports the other: a vision tower names its transform
+(:meth:`~clipforge.models.vision.VisionTower.image_transform`), the data layer falls back to one when the model
+gives none (:class:`~clipforge.data.images.DefaultImageTransform`).
+"""
 
 from __future__ import annotations
 

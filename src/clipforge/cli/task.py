@@ -1,11 +1,13 @@
-"""What every Hydra entry point does around its task: run files, metrics.json, clean shutdown."""
+"""What every Hydra entry point does around its task: config validation, run files, metrics, clean shutdown.
+
+The metrics helpers every layer may use (``flat_metrics``, ``write_metrics``) live in :mod:`clipforge.utils.metrics`
+and are re-exported here for the entry points.
+"""
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -13,7 +15,18 @@ from collections.abc import Callable, Mapping
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from clipforge.utils.cli_export import to_lightning_cli
+from clipforge.cli.export_cli import to_lightning_cli
+from clipforge.utils.metrics import flat_metrics, write_metrics
+
+__all__ = [
+    "PRINT_ERRORS",
+    "flat_metrics",
+    "log_hyperparameters",
+    "print_metrics",
+    "task_wrapper",
+    "write_metrics",
+    "write_run_files",
+]
 
 log = logging.getLogger("clipforge")
 
@@ -24,16 +37,16 @@ PRINT_ERRORS = True
 def task_wrapper(
     task: Callable[[DictConfig], tuple[dict, dict]],
 ) -> Callable[[DictConfig], tuple[dict, dict]]:
-    """Validate the composed config before the task builds anything (:func:`~clipforge.utils.validate.validate_config`),
+    """Validate the composed config before the task builds anything (:func:`~clipforge.cli.validate.validate_config`),
     turn config and data-config errors and refusals (an output folder another live job writes, a checkpoint that
     needs unrestricted unpickling) into one clear line (exit code 2) and always close experiment trackers (wandb) so
     the next job of a multirun starts clean."""
 
     @functools.wraps(task)
     def wrapped(cfg: DictConfig) -> tuple[dict, dict]:
+        from clipforge.cli.validate import ConfigValueError, validate_config
         from clipforge.data.errors import DataConfigError
         from clipforge.utils.locks import FolderLockedError
-        from clipforge.utils.validate import ConfigValueError, validate_config
 
         try:
             validate_config(cfg, stage=task.__name__)
@@ -67,30 +80,6 @@ def write_run_files(cfg: DictConfig, output_dir: str) -> None:
     OmegaConf.save(job, os.path.join(output_dir, "config.yaml"), resolve=True)
     with open(os.path.join(output_dir, "run.cli.yaml"), "w") as f:
         yaml.safe_dump(to_lightning_cli(job), f, sort_keys=False)
-
-
-def flat_metrics(metrics: Mapping) -> dict[str, float]:
-    """Scalar metrics as ``{key: float}`` (tensors unwrapped, NaN kept as ``null``-able floats)."""
-    import torch
-
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, torch.Tensor):
-            if v.numel() != 1:
-                continue
-            v = v.item()
-        if isinstance(v, int | float):
-            out[str(k)] = float(v)
-    return dict(sorted(out.items()))
-
-
-def write_metrics(metrics: Mapping[str, float], output_dir: str) -> str:
-    """Write ``metrics.json`` (flat keys) and return its path."""
-    path = os.path.join(output_dir, "metrics.json")
-    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
-    with open(path, "w") as f:
-        json.dump(clean, f, indent=2)
-    return path
 
 
 def print_metrics(metrics: Mapping[str, float], title: str, patterns: tuple[str, ...] = ("",)) -> None:

@@ -1,7 +1,7 @@
 """Validation of a composed config before anything is built: one line naming the key, its value and what it takes.
 
 Every Hydra entry point (``clipforge-train``, ``clipforge-eval``, ``clipforge-generate``) runs
-:func:`validate_config` through :func:`~clipforge.utils.task.task_wrapper` before it writes run files, instantiates a
+:func:`validate_config` through :func:`~clipforge.cli.task.task_wrapper` before it writes run files, instantiates a
 model or reads data, so a wrong override fails at once with one line and exit code 2::
 
     error: data.batch_size=-4: expected a positive integer
@@ -30,7 +30,7 @@ MISSING = "???"
 class ConfigValueError(ValueError):
     """A composed config value that no component accepts; the message is one line naming the full key.
 
-    Entry points print it as ``error: <message>`` and exit with code 2 (:func:`~clipforge.utils.task.task_wrapper`).
+    Entry points print it as ``error: <message>`` and exit with code 2 (:func:`~clipforge.cli.task.task_wrapper`).
     """
 
 

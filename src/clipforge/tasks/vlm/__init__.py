@@ -1,1 +1,0 @@
-"""Vision + projector + LLM training shared by recap (``mini_llava``) and enhance (AITQE)."""
