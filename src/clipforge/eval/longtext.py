@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from clipforge.data.records import Record
+from clipforge.eval.periodic import PeriodicEval
 from clipforge.eval.ranking import pessimistic_ranks
 
 __all__ = [
@@ -183,7 +184,7 @@ def longtext_metrics(
 
 
 # -- callback -----------------------------------------------------------------------------------------------------
-class LongTextEval(L.Callback):
+class LongTextEval(PeriodicEval):
     """Long-caption retrieval of a benchmark layout with the model being trained, every few epochs.
 
     Images go through ``image_transform(False)`` and ``encode_image``; captions through the module's cached-text
@@ -199,10 +200,13 @@ class LongTextEval(L.Callback):
         limit: evaluate the first ``limit`` pairs (default: the whole benchmark).
         text_embeddings: folder of cached caption embeddings of these records (the caption-embedding job's
             shards); captions without one are left out with their image.
-        every_n_epochs: run at the end of every n-th validation epoch (and always at the last one).
+        every_n_epochs: run at the end of every n-th validation epoch (and always at the last one;
+            :class:`~clipforge.eval.periodic.PeriodicEval`).
         batch_size: images / captions per forward pass.
         ks: cut-offs.
     """
+
+    prefix = "val/longtext"
 
     def __init__(
         self,
@@ -218,14 +222,13 @@ class LongTextEval(L.Callback):
     ) -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"unknown long-caption layout {layout!r}; expected one of {LAYOUTS}")
+        super().__init__(name or layout, every_n_epochs)
         self.layout, self.path, self.image_root, self.limit = layout, path, image_root, limit
-        self.name, self.text_embeddings = name or layout, text_embeddings
-        self.every_n_epochs, self.batch_size, self.ks = (
-            every_n_epochs,
+        self.text_embeddings, self.batch_size, self.ks = (
+            text_embeddings,
             batch_size,
             list(ks or (1, 5, 10, 25, 50)),
         )
-        self.last: dict[str, float] = {}
 
     def _records(self) -> tuple[list[Record], dict[str, Tensor] | None]:
         records = read_longtext(self.layout, self.path, self.image_root, self.limit)
@@ -255,16 +258,6 @@ class LongTextEval(L.Callback):
                 tokens = pl_module.tokenizer([r.captions[0] for r in chunk])
                 texts.append(pl_module.encode_text({k: v.to(device) for k, v in tokens.items()}))
         return longtext_metrics(torch.cat(images), torch.cat(texts), ks=self.ks)
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
-        if (trainer.current_epoch + 1) % self.every_n_epochs and not last_epoch:
-            return
-        self.last = self.evaluate(pl_module)
-        for k, v in self.last.items():
-            pl_module.log(f"val/longtext/{self.name}/{k}", v)
 
 
 def main(argv: list[str] | None = None) -> None:
