@@ -78,6 +78,14 @@ def test_only_validating_epochs_that_are_due_run_it(tmp_path):
     assert callback.epochs == [6]
 
 
+def test_a_run_bounded_by_steps_gates_by_the_period_and_its_last_epoch(tmp_path):
+    """``max_epochs=-1`` (Lightning's "no epoch limit") is not "every epoch is the last"."""
+    callback = _recording(PeriodicEval)(every_n_epochs=2)
+    # 2 steps an epoch: 5 epochs
+    _fit(callback, tmp_path, max_epochs=-1, max_steps=10, num_sanity_val_steps=0)
+    assert callback.epochs == [2, 4, 5]
+
+
 def test_a_period_below_one_is_refused():
     with pytest.raises(ValueError, match="every_n_epochs=0 must be a positive integer"):
         ZeroShotEval({"path": "demo"}, every_n_epochs=0)

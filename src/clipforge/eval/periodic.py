@@ -16,7 +16,7 @@ class PeriodicEval(L.Callback):
     """Run :meth:`evaluate` at the end of every ``every_n_epochs``-th validation epoch (and always at the last one).
 
     Epochs count from 1 here: with ``every_n_epochs=2`` and ``max_epochs=5`` the evaluation runs after epochs 2, 4
-    and 5. The gate reads the epoch number, so with ``check_val_every_n_epoch`` only epochs that validate and are
+    and 5; the last epoch is the one that reaches ``max_epochs`` or ``max_steps``. The gate reads the epoch number, so with ``check_val_every_n_epoch`` only epochs that validate and are
     due run it.
 
     Args:
@@ -45,8 +45,10 @@ class PeriodicEval(L.Callback):
         if trainer.sanity_checking:
             return False
         epoch = trainer.current_epoch + 1
-        last_epoch = trainer.max_epochs is not None and epoch >= trainer.max_epochs
-        return last_epoch or epoch % self.every_n_epochs == 0
+        # max_epochs=-1 / max_steps=-1 mean "no limit" to Lightning
+        last = trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch
+        last = last or 0 < trainer.max_steps <= trainer.global_step
+        return last or epoch % self.every_n_epochs == 0
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.due(trainer):
