@@ -18,9 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PROBE = (
     "import atexit\n"
     "atexit.register(lambda: print('heavy modules:', "
-    "sorted({'lightning', 'transformers', 'timm'} & set(sys.modules))))\n"
+    "sorted({'torch', 'lightning', 'transformers', 'timm'} & set(sys.modules))))\n"
 )
-"""Prepended by ``probe_heavy=True``: prints which of Lightning / transformers / timm were imported, at exit."""
+"""Prepended by ``probe_heavy=True``: prints which of torch / Lightning / transformers / timm were imported, at
+exit."""
 
 
 def console_scripts() -> dict[str, str]:

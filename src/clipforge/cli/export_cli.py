@@ -1,6 +1,6 @@
-"""``clipforge-export-cli``: write the LightningCLI YAML of a Hydra composition.
+"""``clipforge export-cli``: write the LightningCLI YAML of a Hydra composition.
 
-clipforge-export-cli experiment=demo_clip trainer.max_epochs=2 -o run.cli.yaml [--config-name train]
+clipforge export-cli experiment=demo_clip trainer.max_epochs=2 -o run.cli.yaml [--config-name train]
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from clipforge.utils.hydra import compose
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="clipforge export-cli", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for clipforge-train")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for clipforge train")
     parser.add_argument("-o", "--output", default="run.cli.yaml", help="where to write the YAML")
     parser.add_argument("--config-name", default="train", help="primary config (train, eval, generate)")
     parser.add_argument("--output-dir", default=None, help="value of paths.output_dir (default: next to -o)")

@@ -1,10 +1,10 @@
-"""``clipforge-cli``: LightningCLI over the same classes as the Hydra entry points.
+"""``clipforge cli``: LightningCLI over the same classes as the Hydra entry points.
 
 Its YAML is generated, never hand-written: every Hydra run leaves ``run.cli.yaml`` in its output dir, and
-``clipforge-export-cli <overrides> -o run.cli.yaml`` writes one from any composition. Then::
+``clipforge export-cli <overrides> -o run.cli.yaml`` writes one from any composition. Then::
 
-    clipforge-cli fit --config run.cli.yaml --trainer.max_epochs 2
-    clipforge-cli fit --config run.cli.yaml --print_config
+    clipforge cli fit --config run.cli.yaml --trainer.max_epochs 2
+    clipforge cli fit --config run.cli.yaml --print_config
 
 Its checkpoints hold plain-data hyper-parameters (:class:`~clipforge.callbacks.checkpoint.PlainHyperparameters`),
 so ``--ckpt_path`` loads them with ``weights_only=True`` (Lightning's default here).

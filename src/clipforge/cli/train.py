@@ -1,8 +1,8 @@
-"""``clipforge-train``: fit a LightningModule on a datamodule, then evaluate the best checkpoint.
+"""``clipforge train``: fit a LightningModule on a datamodule, then evaluate the best checkpoint.
 
-clipforge-train                                   # experiment=demo_clip on the embedded demo photos
-clipforge-train experiment=demo_clip data.train.path=coco.json data.train.image_root=images/
-clipforge-train -m 'model/loss=clip,siglip' seed=0,1
+clipforge train                                   # experiment=demo_clip on the embedded demo photos
+clipforge train experiment=demo_clip data.train.path=coco.json data.train.image_root=images/
+clipforge train -m 'model/loss=clip,siglip' seed=0,1
 """
 
 from __future__ import annotations

@@ -18,15 +18,14 @@ LLM2CLIP's argmax / top-k; with ties LLM2CLIP credits whichever tied index comes
 a tie counts against the model, so a collapsed encoder scores 0. Scores are computed in row chunks.
 
 Use them three ways: :class:`LongTextEval` as a callback (images through the module, captions through its text
-side or a cache), :func:`longtext_metrics` on embeddings, or ``python -m clipforge.eval.longtext <layout> <path>
-<out.jsonl>`` to turn a layout into a JSONL file the data layer reads (``data.val.path=<out.jsonl>``), so the
-caption-embedding job can cache it and ``clipforge-eval`` reports it like any validation set (long captions:
+side or a cache), :func:`longtext_metrics` on embeddings, or ``clipforge longtext <layout> <path> <out.jsonl>``
+(:mod:`clipforge.cli.longtext`) to turn a layout into a JSONL file the data layer reads (``data.val.path=<out.jsonl>``), so the
+caption-embedding job can cache it and ``clipforge eval`` reports it like any validation set (long captions:
 raise ``data.max_caption_chars``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Sequence
@@ -258,29 +257,3 @@ class LongTextEval(PeriodicEval):
                 tokens = pl_module.tokenizer([r.captions[0] for r in chunk])
                 texts.append(pl_module.encode_text({k: v.to(device) for k, v in tokens.items()}))
         return longtext_metrics(torch.cat(images), torch.cat(texts), ks=self.ks)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m clipforge.eval.longtext <layout> <path> <out.jsonl> [--image-root DIR] [--limit N]``."""
-    parser = argparse.ArgumentParser(
-        description="Write a long-caption benchmark as JSONL for the data layer."
-    )
-    parser.add_argument("layout", choices=LAYOUTS)
-    parser.add_argument("path", help="ShareGPT4V JSON, Urban1k folder or DOCCI .jsonlines file")
-    parser.add_argument("out", help="output .jsonl")
-    parser.add_argument("--image-root", default=None)
-    parser.add_argument("--limit", type=int, default=None)
-    args = parser.parse_args(argv)
-    records = read_longtext(args.layout, args.path, args.image_root, args.limit)
-    missing = [r.key for r in records if not os.path.exists(r.image)]
-    write_jsonl(records, args.out)
-    longest = max((len(r.captions[0]) for r in records), default=0)
-    print(f"{args.out}: {len(records)} pairs, {len(missing)} images missing, longest caption {longest} chars")
-    if missing:
-        print("missing images (first 5): " + ", ".join(missing[:5]))
-    if longest > 2000:
-        print(f"captions exceed the data layer's default 2000 chars: add data.max_caption_chars={longest}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Validation of a composed config before anything is built: one line naming the key, its value and what it takes.
 
-Every Hydra entry point (``clipforge-train``, ``clipforge-eval``, ``clipforge-generate``) runs
+Every Hydra entry point (``clipforge train``, ``clipforge eval``, ``clipforge generate``) runs
 :func:`validate_config` through :func:`~clipforge.utils.task.task_wrapper` before it writes run files, instantiates a
 model or reads data, so a wrong override fails at once with one line and exit code 2::
 
