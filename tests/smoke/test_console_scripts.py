@@ -154,7 +154,7 @@ def test_aitqe_help_is_the_same_under_both_names(tmp_path):
             "error: data.train.path: no such file: /no/such/file.json",
         ),
     ],
-    ids=["cfg-job", "bad-override", "unknown-key", "missing-config"],
+    ids=["cfg-job", "bad-override", "unknown-key", "missing-config", "missing-file"],
 )
 def test_config_answers_come_before_lightning_and_the_model_libraries(args, status, stderr, tmp_path):
     r = run_script("clipforge", "train", *TINY, *args, tmp_path=tmp_path, probe_heavy=True)
