@@ -85,6 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from clipforge.data.errors import ImageLoadError
     from clipforge.data.images import load_image
     from clipforge.models.vlm import VisionLanguageModel
+    from clipforge.utils import quiet
+
+    quiet.install(transformers=True)
 
     try:
         image = load_image(args.image_path)

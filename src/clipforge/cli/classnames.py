@@ -47,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from clipforge.eval.llm_classnames import build_class_features, save_class_features
     from clipforge.eval.zero_shot import imagenet_classnames, imagenet_templates
     from clipforge.models.llm_encoder import LLMEncoder
+    from clipforge.utils import quiet
+
+    quiet.install(transformers=True)
 
     classnames = imagenet_classnames() if args.classnames == "imagenet" else _lines(args.classnames, True)
     if args.templates in ("openai", "simple"):

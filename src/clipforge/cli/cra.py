@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     import torch
 
     from clipforge.models.llm_encoder import LLMEncoder
+    from clipforge.utils import quiet
+
+    quiet.install(transformers=True)
 
     if args.threads:
         torch.set_num_threads(args.threads)

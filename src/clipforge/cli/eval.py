@@ -29,7 +29,11 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     metrics: dict[str, float] = {}
     with refuse_untrusted(cfg.ckpt_path):
         results = getattr(trainer, stage)(
-            model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=weights_only(cfg)
+            model,
+            datamodule=datamodule,
+            ckpt_path=cfg.ckpt_path,
+            weights_only=weights_only(cfg),
+            verbose=False,  # the table below is the one printed
         )
     for r in results:
         metrics.update(flat_metrics(r))

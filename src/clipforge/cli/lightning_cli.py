@@ -36,7 +36,9 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True) -> LightningC
     from lightning.pytorch.cli import LightningCLI
 
     from clipforge.callbacks.checkpoint import PlainHyperparameters
+    from clipforge.utils import quiet
 
+    quiet.install(transformers=True)
     return LightningCLI(
         L.LightningModule,
         L.LightningDataModule,

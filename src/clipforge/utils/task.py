@@ -32,11 +32,13 @@ def task_wrapper(
     @functools.wraps(task)
     def wrapped(cfg: DictConfig) -> tuple[dict, dict]:
         from clipforge.data.errors import DataConfigError
+        from clipforge.utils import quiet
         from clipforge.utils.locks import FolderLockedError
         from clipforge.utils.validate import ConfigValueError, validate_config
 
         try:
             validate_config(cfg, stage=task.__name__)
+            quiet.install()
             return task(cfg)
         except Exception as e:
             # the checkpoint module imports torch: a refusal can only come from it once something imported it
