@@ -170,3 +170,16 @@ def test_only_modules_that_train_in_eval_mode_are_reported(mistake, tmp_path, ca
         if mistake
         else []
     )
+
+
+def test_zero_shot_of_the_embedded_photos_is_named_for_them_whatever_the_training_data(tmp_path):
+    """``demo_clip`` trained on the user's data still classifies the embedded photos: the key says so."""
+    from clipforge.cli.train import train
+
+    cfg = compose([*TINY, "trainer.max_epochs=1", "evaluate=false"], output_dir=str(tmp_path))
+    zero_shot = compose(["experiment=demo_clip"], output_dir=str(tmp_path)).callbacks.zero_shot
+    assert zero_shot.data.path == "demo" and cfg.data.train.path == "synthetic"  # not the training data
+    cfg.callbacks.zero_shot = zero_shot
+    metrics, _ = train(cfg)
+    keys = sorted(k for k in metrics if k.startswith("val/zeroshot/"))
+    assert keys == ["val/zeroshot/embedded_photos/top1", "val/zeroshot/embedded_photos/top5"]
