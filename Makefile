@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	touch $@
 
 demo: setup  ## the whole pipeline (recap -> enhance -> llm2clip -> train -> eval -> report) on the embedded photos
-	$(BIN)/clipforge-pipeline
+	$(BIN)/clipforge pipeline
 
 test: setup  ## default test tier (unit, configs, smoke); < 15 min on 2 CPU cores
 	$(BIN)/pytest -q -m "not slow" --durations=15
