@@ -32,7 +32,7 @@ hooks: setup  ## install the pre-commit hooks (ruff, ruff-format, codespell) int
 	$(BIN)/pre-commit install
 
 demo: setup  ## the whole pipeline (recap -> enhance -> llm2clip -> train -> eval -> report) on the embedded photos
-	$(BIN)/clipforge-pipeline
+	$(BIN)/clipforge pipeline
 
 test: setup  ## default test tier (unit, configs, smoke); < 15 min on 2 CPU cores
 	$(BIN)/pytest -q -m "not slow" --durations=15

@@ -3,7 +3,7 @@
     python experiments/enhance/grounding_probe.py <VLM folder> [--data <COCO captions file>] [--images 12]
 
 For the first ``--images`` photos of ``--data`` (default: the held-out split written by
-``clipforge-data split-coco``) and the first caption of each, computes the answer loss of ``caption j`` given
+``clipforge data split-coco``) and the first caption of each, computes the answer loss of ``caption j`` given
 ``photo i`` under the captioning prompt, for every i, j. A model that uses the image gives its own photo's caption a
 lower loss (matched < mismatched) and picks the right photo for a caption above chance (top-1 vs 1/n).
 """

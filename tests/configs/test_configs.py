@@ -139,7 +139,7 @@ def _normalise(value):
 def test_hydra_cli_round_trip(experiment, stage, ablation, tmp_path):
     from hydra.utils import instantiate
 
-    from clipforge.cli.lightning_cli import main as cli_main
+    from clipforge.cli.lightning_cli import build_cli as cli_main
 
     cfg = compose([*tiny_overrides(experiment), f"ablation/{stage}={ablation}"], output_dir=str(tmp_path))
     validate_config(cfg, "train")  # what clipforge-train checks first: the tiny overlays pass as they are

@@ -292,7 +292,7 @@ PROBE = (
     "sys.argv[0] = 'clipforge-NAME'\n"
     "ENTRY()\n"
 )
-SCRIPTS = {"train": ("train", "main"), "eval": ("eval", "cli"), "generate": ("generate", "main")}
+SCRIPTS = {"train": ("train", "main"), "eval": ("eval", "main"), "generate": ("generate", "main")}
 
 
 def _run_script(name: str, overrides: list[str], tmp_path) -> subprocess.CompletedProcess:

@@ -157,7 +157,7 @@ def test_generate_writes_embeddings_matching_the_model(trained, tmp_path):
 
 
 def test_lightning_cli_fits_from_generated_yaml(trained, tmp_path):
-    from clipforge.cli.lightning_cli import main as cli_main
+    from clipforge.cli.lightning_cli import build_cli as cli_main
 
     out, _, _ = trained
     cfg = yaml.safe_load((out / "run.cli.yaml").read_text())

@@ -6,14 +6,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from clipforge.utils.hydra import compose
 from tests.helpers.reference_metrics import loop_cra
+from tests.helpers.scripts import run_script
 from tests.helpers.tiny_hf import save_tiny_llm
 
 
@@ -127,20 +126,9 @@ def test_cra_cli_on_the_export_reproduces_the_validation(stage1, tmp_path):
     assert {k: result[k] for k in expected} == pytest.approx(expected)
     assert {k: metrics[f"val/{k}"] for k in expected} == pytest.approx(expected)
     assert json.loads((tmp_path / "cra.json").read_text())["cra_pairs"] == result["cra_pairs"]
-    # the console form, as users run it: clipforge-eval cra ...
-    script = os.path.join(os.path.dirname(sys.executable), "clipforge-eval")
-    cmd = [
-        script,
-        "cra",
-        "--encoder",
-        str(out / "encoder"),
-        "--data",
-        stage1["data"],
-        "--causal",
-        "--limit",
-        "5",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    # the console form, as users run it: clipforge cra ...
+    args = ["--encoder", str(out / "encoder"), "--data", stage1["data"], "--causal", "--limit", "5"]
+    proc = run_script("clipforge", "cra", *args, tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     causal = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert causal["settings"]["bidirectional"] is False and causal["split"] == "all" and causal["groups"] == 5

@@ -67,7 +67,7 @@ def test_every_step_writes_its_outputs(tiny_run):
     assert state["recap"]["rows"] == N_IMAGES and state["enhance/score"]["rows"] == N_IMAGES
     # each job leaves the standalone command that reproduces it
     command = (run / "steps" / "train" / "recap" / "fold1_s0" / "command.sh").read_text()
-    assert command.startswith("clipforge-train experiment=recap_clip debug=tiny_clip ")
+    assert command.startswith("clipforge train experiment=recap_clip debug=tiny_clip ")
     assert "++data.train.num_folds=2" in command and "++data.train.fold=1" in command
 
 

@@ -76,7 +76,7 @@ def test_demo_clip_trains_with_real_towers(tmp_path):
     assert not any(p.requires_grad for p in model.vision_tower.parameters())
     assert all(p.requires_grad for p in model.vision_head.parameters())
     assert metrics["val/retrieval/demo/num_images"] >= 5
-    assert "val/zeroshot/demo/top1" in metrics
+    assert "val/zeroshot/embedded_photos/top1" in metrics
 
 
 @pytest.mark.slow

@@ -61,7 +61,7 @@ def test_tiny_overlay_writes_table_seed_json_and_summary(tiny_run):
 
 
 def test_lightning_cli_builds_the_same_generator(tiny_run, tmp_path):
-    from clipforge.cli.lightning_cli import main as cli_main
+    from clipforge.cli.lightning_cli import build_cli as cli_main
 
     cfg = compose(TINY, "generate", output_dir=str(tmp_path))
     h_model = instantiate(cfg.model, _convert_="all")

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from clipforge.models.convert.cc_llm import LLAMA3_TEMPLATE, convert_cc_llm, main
+from clipforge.cli.convert import main
+from clipforge.models.convert.cc_llm import LLAMA3_TEMPLATE, convert_cc_llm
 from clipforge.models.llm_encoder import LLMEncoder, LLMEncoderSpec
 from tests.helpers.tiny_hf import save_tiny_llm
 
@@ -65,12 +66,28 @@ def test_converted_folder_reads_like_llm2clip_reads_the_release(tmp_path, causal
     assert not torch.allclose(causal.encode(CAPTIONS), encoder.encode(CAPTIONS))
 
 
-def test_cli_copy_and_bad_inputs(tmp_path):
+def test_cli_copy_and_bad_inputs(tmp_path, capsys):
     src = _release(tmp_path, causal_lm=False)
-    main([str(src), str(tmp_path / "copied"), "--copy", "--max-length", "64", "--dtype", "float32"])
+    argv = [
+        "cc-llm",
+        str(src),
+        str(tmp_path / "copied"),
+        "--copy",
+        "--max-length",
+        "64",
+        "--dtype",
+        "float32",
+    ]
+    assert main(argv) == 0
     assert not (tmp_path / "copied" / "model.safetensors").is_symlink()
     settings = json.loads((tmp_path / "copied" / "encoder_config.json").read_text())
     assert settings["max_length"] == 64 and settings["source"] == str(src)
+    capsys.readouterr()
+    assert main(["cc-llm", str(tmp_path / "nothing"), str(tmp_path / "x")]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: {tmp_path / 'nothing'}: no config.json (download the whole release folder)\n"
+    )
     with pytest.raises(FileNotFoundError, match="config.json"):
         convert_cc_llm(str(tmp_path / "nothing"), str(tmp_path / "x"))
     with pytest.raises(ValueError, match="unknown encoder settings"):

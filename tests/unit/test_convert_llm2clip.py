@@ -138,6 +138,17 @@ def test_hf_clip_folder_round_trip(tmp_path):
         expected_img = F.normalize(proj(ref(pixel_values=pixels).pooler_output), dim=-1)
         torch.testing.assert_close(module.encode_image(pixels), expected_img, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(module.encode_embedding(emb), F.normalize(adapter(emb), dim=-1))
+    # the command writes the same files
+    from clipforge.cli.convert import main
+
+    assert main(["llm2clip", str(folder), str(tmp_path / "cli"), "--head-width", "16"]) == 0
+    by_cli = torch.load(tmp_path / "cli" / "weights.pt", weights_only=True)
+    direct = torch.load(paths["weights"], weights_only=True)
+    assert by_cli.keys() == direct.keys() and all(torch.equal(by_cli[k], direct[k]) for k in direct)
+    cli_config = (tmp_path / "cli" / "model" / "llm2clip_converted.yaml").read_text()
+    assert cli_config == open(paths["config"]).read().replace(
+        paths["weights"], str(tmp_path / "cli" / "weights.pt")
+    )
 
 
 def test_converted_model_config_composes_with_hydra(tmp_path):

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clipforge.cli.eval_pairs import main
 from clipforge.data.specs import DatasetSpec
-from clipforge.tasks.enhance.eval_pairs import build_eval_pairs, main
+from clipforge.tasks.enhance.eval_pairs import build_eval_pairs
 from clipforge.tasks.enhance.report import roc_auc
 
 

@@ -10,13 +10,13 @@ import torch.nn.functional as F
 
 from clipforge.callbacks.llm_zero_shot import CachedClassZeroShotEval
 from clipforge.callbacks.zero_shot import ZeroShotEval
+from clipforge.cli.classnames import main
 from clipforge.data.readers import read_records
 from clipforge.data.specs import DatasetSpec
 from clipforge.eval.llm_classnames import (
     build_class_features,
     classifier_from_features,
     load_class_features,
-    main,
     save_class_features,
 )
 from clipforge.eval.zero_shot import build_zero_shot_classifier
@@ -91,17 +91,20 @@ def test_cached_class_features_match_the_online_llm_classifier(tiny_llm, tmp_pat
     templates = tmp_path / "templates.txt"
     templates.write_text("\n".join(TEMPLATES) + "\n")
     out = tmp_path / "demo_class_features.pt"
-    main(
-        [
-            "--encoder",
-            tiny_llm,
-            "--out",
-            str(out),
-            "--classnames",
-            str(classes),
-            "--templates",
-            str(templates),
-        ]
+    assert (
+        main(
+            [
+                "--encoder",
+                tiny_llm,
+                "--out",
+                str(out),
+                "--classnames",
+                str(classes),
+                "--templates",
+                str(templates),
+            ]
+        )
+        == 0
     )
     table = load_class_features(str(out))
     assert (

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from clipforge.cli.longtext import main
 from clipforge.data.readers import read_records
 from clipforge.data.specs import DatasetSpec
 from clipforge.eval.longtext import (
     LongTextEval,
     longtext_metrics,
-    main,
     read_longtext,
     write_jsonl,
 )
@@ -143,7 +143,7 @@ def test_jsonl_export_reads_back_through_the_data_layer(sharegpt4v, tmp_path):
     back, errors = read_records(DatasetSpec(path=out))
     assert not errors
     assert [(r.key, r.captions, r.image) for r in back] == [(r.key, r.captions, r.image) for r in records]
-    main(["sharegpt4v", str(sharegpt4v), str(tmp_path / "cli.jsonl"), "--limit", "2"])
+    assert main(["sharegpt4v", str(sharegpt4v), str(tmp_path / "cli.jsonl"), "--limit", "2"]) == 0
     assert len((tmp_path / "cli.jsonl").read_text().splitlines()) == 2
 
 

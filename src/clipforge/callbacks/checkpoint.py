@@ -42,7 +42,7 @@ class PlainHyperparameters(Callback):
 class MetricsState(Callback):
     """Keep ``trainer.callback_metrics`` (scalars, as floats) in each checkpoint; restore them on resume.
 
-    ``restored`` holds the metrics of the checkpoint a run resumed from (empty otherwise); ``clipforge-train``
+    ``restored`` holds the metrics of the checkpoint a run resumed from (empty otherwise); ``clipforge train``
     reports them under the ones the resumed fit logs itself. ``last.ckpt`` is written at the end of each training
     epoch (``conf/callbacks/last_checkpoint.yaml``), after the epoch's metrics are reduced, so the restored
     values are those the uninterrupted run reported.

@@ -1,4 +1,4 @@
-"""``ShardWriter``: resumable, sharded outputs of every ``clipforge-generate`` job (captions, scores, embeddings).
+"""``ShardWriter``: resumable, sharded outputs of every ``clipforge generate`` job (captions, scores, embeddings).
 
 The predict source is cut into input shards of ``data.predict_shard_rows`` consecutive rows
 (``shard-00000``, ``shard-00001``, ...); every input shard becomes exactly one output shard file, written to a
@@ -198,7 +198,7 @@ class ShardWriter(BasePredictionWriter):
 
     def merge(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Merge the shards (rank 0) and call the module's ``on_predictions_merged``. Also what a rerun whose every
-        shard is already written does: Lightning then runs no predict loop, and ``clipforge-generate`` calls this,
+        shard is already written does: Lightning then runs no predict loop, and ``clipforge generate`` calls this,
         so the merged outputs (e.g. a changed enhancement policy) are rebuilt from the shards without recomputing."""
         self.merged = True
         if not trainer.is_global_zero:

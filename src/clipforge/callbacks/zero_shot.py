@@ -10,6 +10,7 @@ import torch
 from clipforge.data.images import load_image
 from clipforge.data.readers import read_records
 from clipforge.data.specs import DatasetSpec, as_spec
+from clipforge.eval.periodic import PeriodicEval
 from clipforge.eval.zero_shot import (
     build_zero_shot_classifier,
     imagenet_classnames,
@@ -18,7 +19,7 @@ from clipforge.eval.zero_shot import (
 )
 
 
-class ZeroShotEval(L.Callback):
+class ZeroShotEval(PeriodicEval):
     """Classify the images of ``data`` by similarity to prompts built from class names, every few epochs.
 
     Works with any module exposing ``encode_image``, ``encode_text``, ``tokenizer`` and ``image_transform``.
@@ -32,9 +33,12 @@ class ZeroShotEval(L.Callback):
             must be among them) or an explicit list.
         templates: ``openai`` (open_clip's 80 ImageNet prompts), ``simple`` (its short set) or a list of strings
             with ``{}`` for the class name.
-        every_n_epochs: run at the end of every n-th validation epoch (and always at the last one).
+        every_n_epochs: run at the end of every n-th validation epoch (and always at the last one;
+            :class:`~clipforge.eval.periodic.PeriodicEval`).
         batch_size: images per forward pass.
     """
+
+    prefix = "val/zeroshot"
 
     def __init__(
         self,
@@ -46,15 +50,10 @@ class ZeroShotEval(L.Callback):
         every_n_epochs: int = 1,
         batch_size: int = 32,
     ) -> None:
+        super().__init__(name, every_n_epochs)
         self.spec = as_spec(data)
-        self.name, self.label_field, self.classnames, self.templates = (
-            name,
-            label_field,
-            classnames,
-            templates,
-        )
-        self.every_n_epochs, self.batch_size = every_n_epochs, batch_size
-        self.last: dict[str, float] = {}
+        self.label_field, self.classnames, self.templates = label_field, classnames, templates
+        self.batch_size = batch_size
 
     def _classes_and_labels(self, records) -> tuple[list[str], list[int]]:
         labels = [str(r.meta[self.label_field]) for r in records]
@@ -102,13 +101,3 @@ class ZeroShotEval(L.Callback):
                 feats.append(pl_module.encode_image(torch.stack(imgs).to(device)))
         result = zero_shot_accuracy(torch.cat(feats), classifier, torch.tensor([labels[i] for i in kept]))
         return {k: float(v) for k, v in result.items()}
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
-        if (trainer.current_epoch + 1) % self.every_n_epochs and not last_epoch:
-            return
-        self.last = self.evaluate(pl_module)  # Lightning has put the module in eval mode for validation
-        for k, v in self.last.items():
-            pl_module.log(f"val/zeroshot/{self.name}/{k}", v)

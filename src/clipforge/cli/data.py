@@ -1,8 +1,8 @@
-"""``clipforge-data``: data preparation helpers.
+"""``clipforge data``: data preparation helpers.
 
-clipforge-data inspect <path> [--image-root DIR] [--format auto] [--check-images]
+clipforge data inspect <path> [--image-root DIR] [--format auto] [--check-images]
     rows, captions and per-reason error counts of any source the data layer reads
-clipforge-data split-coco <captions.json> --val-fraction 0.3 [--seed 0] [--out-dir DIR]
+clipforge data split-coco <captions.json> --val-fraction 0.3 [--seed 0] [--out-dir DIR]
     two COCO files (<stem>_train.json, <stem>_val.json) split by the same stable hash of the image id that
     `holdout_fraction` uses, so a model trained on one can be evaluated on the other
 """
@@ -16,7 +16,6 @@ import os
 import sys
 
 from clipforge.data.errors import DataConfigError, ImageLoadError
-from clipforge.data.images import load_image
 from clipforge.data.readers import read_records
 from clipforge.data.specs import DatasetSpec
 from clipforge.data.split import key_fraction
@@ -26,6 +25,8 @@ def inspect_source(
     path: str, image_root: str | None, fmt: str, check_images: bool, text_only: bool = False
 ) -> dict:
     """Counts of rows, captions and errors (by reason); ``check_images`` also decodes every image."""
+    from clipforge.data.images import load_image  # imports torch: not for --help
+
     spec = DatasetSpec(path=path, format=fmt, image_root=image_root, text_only=text_only)
     records, errors = read_records(spec, where="inspect")
     reasons = collections.Counter(e.reason for e in errors)
@@ -68,7 +69,7 @@ def split_coco(path: str, val_fraction: float, seed: int = 0, out_dir: str | Non
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="clipforge data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="count rows, captions and bad input of a source")

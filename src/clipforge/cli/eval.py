@@ -1,15 +1,12 @@
-"""``clipforge-eval``: evaluate a checkpoint on any dataset the data layer reads.
+"""``clipforge eval``: evaluate a checkpoint on any dataset the data layer reads.
 
-    clipforge-eval experiment=demo_clip ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt \\
+    clipforge eval experiment=demo_clip ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt \\
         data.val.path=coco_val.json data.val.image_root=images/
-    clipforge-eval cra --encoder <run>/encoder --data captions_val2017.json [--val_fraction 0.2]
 
-The ``cra`` form measures caption retrieval accuracy of a text encoder folder (:mod:`clipforge.cli.cra`).
+Caption retrieval accuracy of a text encoder is ``clipforge cra`` (:mod:`clipforge.cli.cra`).
 """
 
 from __future__ import annotations
-
-import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -32,7 +29,11 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     metrics: dict[str, float] = {}
     with refuse_untrusted(cfg.ckpt_path):
         results = getattr(trainer, stage)(
-            model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=weights_only(cfg)
+            model,
+            datamodule=datamodule,
+            ckpt_path=cfg.ckpt_path,
+            weights_only=weights_only(cfg),
+            verbose=False,  # the table below is the one printed
         )
     for r in results:
         metrics.update(flat_metrics(r))
@@ -47,16 +48,5 @@ def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 
 
-def cli() -> None:
-    """Console entry: ``clipforge-eval cra ...`` runs :func:`clipforge.cli.cra.main`, anything else Hydra eval."""
-    if len(sys.argv) > 1 and sys.argv[1] == "cra":
-        from clipforge.cli import cra
-
-        sys.argv = ["clipforge-eval cra", *sys.argv[2:]]
-        cra.main(sys.argv[1:])
-        return
-    main()
-
-
 if __name__ == "__main__":
-    cli()
+    main()

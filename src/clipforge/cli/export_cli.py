@@ -1,6 +1,6 @@
-"""``clipforge-export-cli``: write the LightningCLI YAML of a Hydra composition, so one config tree serves both.
+"""``clipforge export-cli``: write the LightningCLI YAML of a Hydra composition, so one config tree serves both.
 
-clipforge-export-cli experiment=demo_clip trainer.max_epochs=2 -o run.cli.yaml [--config-name train]
+clipforge export-cli experiment=demo_clip trainer.max_epochs=2 -o run.cli.yaml [--config-name train]
 
 Mapping (the Hydra tree in ``conf/`` is the only hand-written config; the LightningCLI YAML is generated from it,
 README "Sweeps, Lightning CLI, notebooks"): ``{_target_: X, a: 1}`` -> ``{class_path: X, init_args: {a: 1}}``
@@ -61,9 +61,9 @@ def to_lightning_cli(cfg: DictConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="clipforge export-cli", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for clipforge-train")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for clipforge train")
     parser.add_argument("-o", "--output", default="run.cli.yaml", help="where to write the YAML")
     parser.add_argument("--config-name", default="train", help="primary config (train, eval, generate)")
     parser.add_argument("--output-dir", default=None, help="value of paths.output_dir (default: next to -o)")

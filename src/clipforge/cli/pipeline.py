@@ -1,10 +1,10 @@
-"""``clipforge-pipeline``: the mission as one resumable command (recap -> enhance -> llm2clip -> train -> eval ->
+"""``clipforge pipeline``: the mission as one resumable command (recap -> enhance -> llm2clip -> train -> eval ->
 report) with per-row lineage and a visual report.
 
-clipforge-pipeline                                     # the embedded demo photos, real offline models, CPU
-clipforge-pipeline preset=coco_dev                     # ../shared/data/coco-dev, held out by key hash, 3 seeds
-clipforge-pipeline pipeline.steps=[recap,train,eval,report] pipeline.arms=[raw,recap]
-clipforge-pipeline data.train.path=<coco.json> data.train.image_root=<images/>
+clipforge pipeline                                     # the embedded demo photos, real offline models, CPU
+clipforge pipeline preset=coco_dev                     # ../shared/data/coco-dev, held out by key hash, 3 seeds
+clipforge pipeline pipeline.steps=[recap,train,eval,report] pipeline.arms=[raw,recap]
+clipforge pipeline data.train.path=<coco.json> data.train.image_root=<images/>
 
 Rerunning the same command continues where a killed run stopped; see clipforge.pipeline.run.
 """

@@ -31,7 +31,7 @@ __all__ = [
 log = logging.getLogger("clipforge")
 
 PRINT_ERRORS = True
-"""Print a task's one-line error on stderr (off while ``clipforge-pipeline`` runs the task and reports it itself)."""
+"""Print a task's one-line error on stderr (off while ``clipforge pipeline`` runs the task and reports it itself)."""
 
 
 def task_wrapper(
@@ -46,18 +46,18 @@ def task_wrapper(
     def wrapped(cfg: DictConfig) -> tuple[dict, dict]:
         from clipforge.cli.validate import ConfigValueError, validate_config
         from clipforge.data.errors import DataConfigError
+        from clipforge.utils import quiet
         from clipforge.utils.locks import FolderLockedError
 
         try:
             validate_config(cfg, stage=task.__name__)
+            quiet.install()
             return task(cfg)
         except Exception as e:
-            # the checkpoint module imports torch: only looked up once something failed
-            from clipforge.utils.checkpoint import UntrustedCheckpointError
-
-            if not isinstance(
-                e, DataConfigError | ConfigValueError | FolderLockedError | UntrustedCheckpointError
-            ):
+            # the checkpoint module imports torch: a refusal can only come from it once something imported it
+            checkpoint = sys.modules.get("clipforge.utils.checkpoint")
+            refused = checkpoint is not None and isinstance(e, checkpoint.UntrustedCheckpointError)
+            if not (refused or isinstance(e, DataConfigError | ConfigValueError | FolderLockedError)):
                 raise
             log.error("%s", e)
             if PRINT_ERRORS:

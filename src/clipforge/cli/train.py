@@ -1,8 +1,8 @@
-"""``clipforge-train``: fit a LightningModule on a datamodule, then evaluate the best checkpoint.
+"""``clipforge train``: fit a LightningModule on a datamodule, then evaluate the best checkpoint.
 
-clipforge-train                                   # experiment=demo_clip on the embedded demo photos
-clipforge-train experiment=demo_clip data.train.path=coco.json data.train.image_root=images/
-clipforge-train -m 'model/loss=clip,siglip' seed=0,1
+clipforge train                                   # experiment=demo_clip on the embedded demo photos
+clipforge train experiment=demo_clip data.train.path=coco.json data.train.image_root=images/
+clipforge train -m 'model/loss=clip,siglip' seed=0,1
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ def build(cfg: DictConfig) -> dict:
     import lightning as L  # here, not at import: a bad config is reported before Lightning loads (seconds)
 
     from clipforge.callbacks.checkpoint import MetricsState, PlainHyperparameters
+    from clipforge.utils import quiet
+
+    quiet.install(
+        transformers=True
+    )  # Lightning is imported now; weight-loading bars off before a model loads
 
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
@@ -88,7 +93,11 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         log.info("evaluating %s (%s)", ckpt or "the final weights", stage)
         with refuse_untrusted(ckpt):
             results = getattr(trainer, stage)(
-                model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=weights_only(cfg)
+                model,
+                datamodule=datamodule,
+                ckpt_path=ckpt or None,
+                weights_only=weights_only(cfg),
+                verbose=False,  # the final table below is the one printed
             )
         for r in results:
             metrics.update(flat_metrics(r))

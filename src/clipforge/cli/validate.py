@@ -1,6 +1,6 @@
 """Validation of a composed config before anything is built: one line naming the key, its value and what it takes.
 
-Every Hydra entry point (``clipforge-train``, ``clipforge-eval``, ``clipforge-generate``) runs
+Every Hydra entry point (``clipforge train``, ``clipforge eval``, ``clipforge generate``) runs
 :func:`validate_config` through :func:`~clipforge.cli.task.task_wrapper` before it writes run files, instantiates a
 model or reads data, so a wrong override fails at once with one line and exit code 2::
 
@@ -10,7 +10,8 @@ The rules are a table (:data:`RULES`) of key patterns (``*`` stands for one key 
 ``data.val.val_fraction`` also covers ``data.val[1].val_fraction``) applied to whatever keys the composed config
 holds: a pattern that matches no key (another stage's option) is not an error. After the values, the data sources
 the stage will read are checked for existence exactly as the data layer checks them when it reads
-(:func:`~clipforge.data.specs.check_paths`), so a missing file is reported before a model is loaded.
+(:func:`~clipforge.data.specs.check_paths`), so a missing file is reported before a model is loaded, and so is a
+logger whose package is not installed (:func:`check_loggers`).
 """
 
 from __future__ import annotations
@@ -359,6 +360,43 @@ def check_sources(job: Mapping, stage: str) -> None:
             check_paths(spec, where)
 
 
+LOGGER_PACKAGES: dict[str, tuple[str, ...]] = {
+    "lightning.pytorch.loggers.TensorBoardLogger": ("tensorboard", "tensorboardX"),
+    "lightning.pytorch.loggers.tensorboard.TensorBoardLogger": ("tensorboard", "tensorboardX"),
+    "lightning.pytorch.loggers.WandbLogger": ("wandb",),
+    "lightning.pytorch.loggers.wandb.WandbLogger": ("wandb",),
+    "lightning.pytorch.loggers.MLFlowLogger": ("mlflow",),
+    "lightning.pytorch.loggers.mlflow.MLFlowLogger": ("mlflow",),
+    "lightning.pytorch.loggers.CometLogger": ("comet_ml",),
+    "lightning.pytorch.loggers.comet.CometLogger": ("comet_ml",),
+    "lightning.pytorch.loggers.NeptuneLogger": ("neptune",),
+    "lightning.pytorch.loggers.neptune.NeptuneLogger": ("neptune",),
+}
+"""Lightning loggers -> the packages that provide them (any one of them); Lightning imports them only when the
+logger is built, i.e. after the model and the data."""
+
+
+def check_loggers(job: Mapping) -> None:
+    """Raise :class:`ConfigValueError` for a logger of ``job["logger"]`` whose package is not installed.
+
+    Looked up with :func:`importlib.util.find_spec` (nothing is imported), so ``logger=tensorboard`` without
+    TensorBoard fails here with the install line instead of after the model and data are built.
+    """
+    import importlib.util
+
+    loggers = job.get("logger")
+    if not isinstance(loggers, Mapping):
+        return
+    for name, node in loggers.items():
+        target = node.get("_target_") if isinstance(node, Mapping) else None
+        packages = LOGGER_PACKAGES.get(target, ())
+        if packages and not any(importlib.util.find_spec(p) for p in packages):
+            raise ConfigValueError(
+                f"logger.{name}: {target.rsplit('.', 1)[-1]} needs the {packages[0]} package: "
+                f"pip install {packages[0]} (the dev extra has tensorboard and wandb: make setup)"
+            )
+
+
 def validate_config(cfg: DictConfig, stage: str | None = None) -> None:
     """Check a composed config before anything is instantiated (see the module docstring).
 
@@ -369,10 +407,11 @@ def validate_config(cfg: DictConfig, stage: str | None = None) -> None:
 
     Raises:
         ConfigValueError: a value no component accepts, a required value left unset, an interpolation that does not
-            resolve.
+            resolve, a logger whose package is not installed.
         DataConfigError: a data source the stage reads does not exist.
     """
     job = _job(cfg)
     check_values(job)
+    check_loggers(job)
     if stage is not None:
         check_sources(job, stage)

@@ -5,7 +5,7 @@ strings, lists, dicts: other values are stored as :func:`~clipforge.data.records
 with ``torch.load(weights_only=True)``, so a crafted shard in a folder given as input (``data.*.text_embeddings``)
 cannot run code: it is refused with one line. A row whose image failed is an error row ``{"key", "error": reason}``.
 
-:class:`~clipforge.callbacks.shard_writer.ShardWriter` writes the shards of a ``clipforge-generate`` job; the data
+:class:`~clipforge.callbacks.shard_writer.ShardWriter` writes the shards of a ``clipforge generate`` job; the data
 layer reads them back (:mod:`clipforge.data.embeddings`), and so do tests and notebooks.
 """
 
@@ -88,7 +88,7 @@ def read_shard(path: str) -> list[dict]:
     except pickle.UnpicklingError as e:
         raise DataConfigError(
             f"{path}: not a plain-data shard ({refusal_detail(e)}); shards are read with weights_only=True and "
-            "never run code: regenerate the folder with clipforge-generate"
+            "never run code: regenerate the folder with clipforge generate"
         ) from None
 
 

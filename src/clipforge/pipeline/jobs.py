@@ -1,6 +1,6 @@
 """One pipeline job: a standalone experiment composed with the pipeline's overrides, hashed, run, recorded.
 
-A job is exactly what its standalone command would run (``clipforge-train`` / ``clipforge-generate`` with
+A job is exactly what its standalone command would run (``clipforge train`` / ``clipforge generate`` with
 ``experiment=<name>`` and a list of overrides): the pipeline only adds overrides that hand paths from one job to
 the next. Its **hash** is the SHA-256 of the resolved job config (without Hydra's own node and without
 ``ckpt_path``) together with the hashes of the jobs it reads from, so a change anywhere upstream reruns it.
@@ -88,7 +88,8 @@ class Job:
     def command(self) -> list[str]:
         """The standalone command line of this job."""
         return [
-            f"clipforge-{self.primary}",
+            "clipforge",
+            self.primary,
             f"experiment={self.experiment}",
             *self.overrides,
             f"hydra.run.dir={self.output_dir}",
@@ -183,7 +184,7 @@ def _counts(job: Job, objects: Mapping | None = None) -> dict:
 
 
 def _run_subprocess(job: Job, extra: Sequence[str]) -> dict:
-    cmd = [sys.executable, "-m", PRIMARY_MODULES[job.primary], *job.command[1:], *extra]
+    cmd = [sys.executable, "-m", PRIMARY_MODULES[job.primary], *job.command[2:], *extra]
     with open(os.path.join(job.output_dir, "job.log"), "a", encoding="utf-8") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False)
     if proc.returncode:

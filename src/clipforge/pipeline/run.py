@@ -227,7 +227,7 @@ def run_pipeline(cfg: DictConfig) -> dict:
             log.info("[%d/%d] %s: done earlier, skipped", i, len(plan.jobs), job.name)
             continue
         log.info(
-            "[%d/%d] %s: clipforge-%s experiment=%s", i, len(plan.jobs), job.name, job.primary, job.experiment
+            "[%d/%d] %s: clipforge %s experiment=%s", i, len(plan.jobs), job.name, job.primary, job.experiment
         )
         state.begin(job.name, digest, job.output_dir)
         try:

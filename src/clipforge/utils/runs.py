@@ -2,7 +2,7 @@
 
 A run dir holds ``config.yaml`` (resolved job config), ``run.cli.yaml``, ``metrics.json`` (flat final metrics),
 ``checkpoints/`` and ``.hydra/overrides.yaml``. A multirun dir holds one such run dir per job (``0/``, ``1/``...).
-A ``clipforge-pipeline`` run folder (``pipeline.json``, ``state.json``, ``lineage.jsonl``, ``comparison.json``...)
+A ``clipforge pipeline`` run folder (``pipeline.json``, ``state.json``, ``lineage.jsonl``, ``comparison.json``...)
 is read by :func:`load_pipeline`. Nothing here composes ``paths``/``hydra`` configs, so it works anywhere the files
 are. Checkpoints are read with ``weights_only=True`` (:func:`~clipforge.utils.checkpoint.load_checkpoint`);
 ``trust_checkpoint=True`` (or ``CLIPFORGE_TRUST_CHECKPOINT=1``) is the opt-in for trusted files that hold pickled
@@ -214,7 +214,7 @@ METRIC_COLUMNS = [
 
 @dataclass
 class PipelineRun:
-    """A ``clipforge-pipeline`` run folder, read into tables (see :func:`load_pipeline`).
+    """A ``clipforge pipeline`` run folder, read into tables (see :func:`load_pipeline`).
 
     Attributes:
         run_dir: the run folder.
@@ -371,7 +371,7 @@ def _read_run_json(run_dir: str, name: str, problems: list[str] | None) -> dict:
 
 
 def load_pipeline(run_dir: str) -> PipelineRun:
-    """Read a ``clipforge-pipeline`` run folder into tables.
+    """Read a ``clipforge pipeline`` run folder into tables.
 
     Args:
         run_dir: the run folder (``pipeline.json``, ``state.json`` and, when their steps ran, ``lineage.jsonl`` /

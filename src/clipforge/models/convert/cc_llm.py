@@ -11,14 +11,13 @@ tokenizer, pooling_mode="mean", max_length=512)`` after forcing ``config._name_o
 (``from_pretrained``, ``LLMEncoderSpec(name_or_path=<folder>)``, the embedding job) loads without remote code:
 the weights (linked, not copied, by default), the tokenizer files, a ``config.json`` without ``auto_map`` and an
 ``encoder_config.json`` with those settings — bidirectional attention, mean pooling over the caption and
-``<|eot_id|>``, the chat wrapper, 512 tokens, bf16. ``python -m clipforge.models.convert.cc_llm <release> <out>``.
+``<|eot_id|>``, the chat wrapper, 512 tokens, bf16. ``clipforge convert cc-llm <release> <out>``.
 
 Design notes: docs/design/llm2clip.md#released-checkpoints.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -99,21 +98,3 @@ def convert_cc_llm(src: str, out: str, link: bool = True, **settings) -> str:
     with open(os.path.join(out, "encoder_config.json"), "w", encoding="utf-8") as f:
         json.dump(encoder_config, f, indent=2)
     return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m clipforge.models.convert.cc_llm <release folder> <encoder folder> [--copy] [--dtype float32]``."""
-    parser = argparse.ArgumentParser(description="Released LLM2CLIP CC-finetuned LLM -> encoder folder.")
-    parser.add_argument("src", help="downloaded microsoft/LLM2CLIP-*-CC-Finetuned folder")
-    parser.add_argument("out", help="encoder folder to write")
-    parser.add_argument("--copy", action="store_true", help="copy the weights instead of linking them")
-    parser.add_argument("--dtype", default=None, help="weight dtype when loaded (default bfloat16)")
-    parser.add_argument("--max-length", type=int, default=None, help="tokens per caption (default 512)")
-    args = parser.parse_args(argv)
-    overrides = {k: v for k, v in (("dtype", args.dtype), ("max_length", args.max_length)) if v is not None}
-    out = convert_cc_llm(args.src, args.out, link=not args.copy, **overrides)
-    print(f"encoder folder: {out}  (model.llm_encoder.name_or_path={out} / llm2clip_encoder={out})")
-
-
-if __name__ == "__main__":
-    main()

@@ -29,15 +29,14 @@ and the released Hugging Face repositories:
 
 Output: the module's state dict (``vision_tower.model.*``, ``vision_head.0.*``, ``adapter.*``,
 ``loss.logit_scale``) plus the constructor arguments that rebuild the same shapes (timm architecture and its
-``model_args``, ``embed_dim``, ``embedding_dim``, adapter and head specs). ``python -m
-clipforge.models.convert.llm2clip <checkpoint> <out_dir>`` writes both; ``out_dir/model/llm2clip_converted.yaml``
-is a ready ``model`` config: ``clipforge-eval -cd <out_dir> '~experiment' model=llm2clip_converted ckpt_path=null
-data.val...`` (the text side then needs cached embeddings of the evaluation captions, or ``model.text=<encoder>``).
+``model_args``, ``embed_dim``, ``embedding_dim``, adapter and head specs). ``clipforge convert llm2clip
+<checkpoint> <out_dir>`` writes both; ``out_dir/model/llm2clip_converted.yaml`` is a ready ``model`` config:
+``clipforge eval -cd <out_dir> '~experiment' model=llm2clip_converted ckpt_path=null data.val...`` (the text side
+then needs cached embeddings of the evaluation captions, or ``model.text=<encoder>``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -436,7 +435,7 @@ def write_converted(converted: ConvertedLLM2CLIP, out_dir: str) -> dict[str, str
     config = os.path.join(out_dir, "model", "llm2clip_converted.yaml")
     with open(config, "w") as f:
         f.write(
-            "# Written by clipforge.models.convert.llm2clip. Use: clipforge-eval -cd <the folder holding model/> "
+            "# Written by clipforge.models.convert.llm2clip. Use: clipforge eval -cd <the folder holding model/> "
             "'~experiment' model=llm2clip_converted ckpt_path=null ...\n"
         )
         yaml.safe_dump(converted.model_config(weights), f, sort_keys=False)
@@ -446,31 +445,3 @@ def write_converted(converted: ConvertedLLM2CLIP, out_dir: str) -> dict[str, str
     with open(report, "w") as f:
         json.dump(summary, f, indent=2)
     return {"weights": weights, "config": config, "report": report}
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m clipforge.models.convert.llm2clip <checkpoint file|HF folder> <out_dir>``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "checkpoint", help="released LLM2CLIP checkpoint: .pt/.bin/.safetensors file or HF folder"
-    )
-    parser.add_argument("out_dir", help="where weights.pt and model/llm2clip_converted.yaml go")
-    parser.add_argument(
-        "--head-width",
-        type=int,
-        default=None,
-        help="attention head width of the vision tower (default: the folder's config.json, else 64)",
-    )
-    args = parser.parse_args(argv)
-    converted = convert_llm2clip(args.checkpoint, head_width=args.head_width)
-    paths = write_converted(converted, args.out_dir)
-    print(f"{converted.layout}: {len(converted.state_dict)} tensors, {len(converted.ignored)} ignored")
-    print(f"weights: {paths['weights']}\nmodel config: {paths['config']}")
-    print(
-        f"use: clipforge-eval -cd {os.path.abspath(args.out_dir)} '~experiment' model=llm2clip_converted "
-        "ckpt_path=null ..."
-    )
-
-
-if __name__ == "__main__":
-    main()

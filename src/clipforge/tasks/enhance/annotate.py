@@ -1,4 +1,4 @@
-"""``EnhanceAnnotateModule``: the teacher job that builds the enhancer's training set (``clipforge-generate``).
+"""``EnhanceAnnotateModule``: the teacher job that builds the enhancer's training set (``clipforge generate``).
 
 For each image-caption pair: phase 1, the teacher scores and explains it; phase 2, it writes a caption
 of contrasting quality (a good caption for a pair scored at or below ``rewrite_threshold``, a weak one otherwise)

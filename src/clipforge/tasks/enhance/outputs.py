@@ -7,8 +7,10 @@ import json
 import os
 import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import lightning as L
+if TYPE_CHECKING:  # an annotation only: writing a JSONL loads no Lightning
+    import lightning as L
 
 __all__ = ["image_file_name", "predict_image_paths", "write_jsonl"]
 

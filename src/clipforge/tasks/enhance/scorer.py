@@ -1,4 +1,4 @@
-"""``EnhanceScoreModule``: batched AITQE scoring of any dataset, then the enhancement policy (``clipforge-generate``).
+"""``EnhanceScoreModule``: batched AITQE scoring of any dataset, then the enhancement policy (``clipforge generate``).
 
 The official code scores one pair per call. Here every caption of every image in a batch is one row of
 a single left-padded greedy decoding batch (``chunk_size`` rows at most) in which each image passes the vision

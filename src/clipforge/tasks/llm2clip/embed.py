@@ -1,6 +1,6 @@
 """CaptionEmbedModule: a frozen LLM caption encoder over every caption of a dataset (the stage-2 embedding cache).
 
-Run by ``clipforge-generate`` (``trainer.predict``) with the ``ShardWriter`` in ``pt`` format: one row per sample,
+Run by ``clipforge generate`` (``trainer.predict``) with the ``ShardWriter`` in ``pt`` format: one row per sample,
 ``{"key", "captions", "text_embedding": Tensor[n_captions, D]}`` (rows aligned with ``captions``; stored as float16
 or float32 by the writer's ``dtype``), resumable shard by shard. The data layer joins the shards to records by key
 and caption (``data.<split>.text_embeddings``); a caption without an embedding is an error record there.

@@ -1,6 +1,6 @@
 """``CaptionGeneratorModule``: several captioners over one dataset -> one row of extended captions per image.
 
-A ``clipforge-generate`` job (``trainer.predict``) with the ``ShardWriter`` callback: every batch of images goes
+A ``clipforge generate`` job (``trainer.predict``) with the ``ShardWriter`` callback: every batch of images goes
 through each captioner, each extended caption is sheared against the image's raw caption, and the rows (layout in
 :mod:`clipforge.tasks.recap.export`) are written as resumable shards and merged at the end; then
 :meth:`CaptionGeneratorModule.on_predictions_merged` writes the seed's per-captioner JSON files and the summary.
