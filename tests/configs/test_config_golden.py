@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from clipforge.utils.validate import renamed
 from tests.helpers.config_snapshot import CONF, load, preset_jobs, resolve_case
 
 ROWS = load()
@@ -18,9 +19,6 @@ RENAMED: dict[str, str] = {}
 
 REPLACED: dict[str, list[str]] = {}
 """Old override -> the overrides that replace it (ablation files that became a documented sweep over a key)."""
-
-KEYS: dict[str, str] = {}
-"""Old key prefix -> new key prefix (``data.x`` -> ``data.policy.x`` renames ``data.x`` and ``data.x.*``)."""
 
 
 TINY_BASE_TRAINING = {
@@ -42,10 +40,8 @@ def new_overrides(old: list[str]) -> list[str]:
 
 
 def new_key(key: str) -> str:
-    for old, new in KEYS.items():
-        if key == old or key.startswith((old + ".", old + "[")):
-            return new + key[len(old) :]
-    return key
+    """The key's name now: the entry points' table of renamed keys (``RENAMED``, which refuses the old ones)."""
+    return renamed(key) or key
 
 
 def expected(config: dict[str, Any], tiny: bool) -> dict[str, Any]:

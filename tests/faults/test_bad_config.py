@@ -43,13 +43,52 @@ CASES = [
         ["++data.train.val_fraction=1.5"],
         "data.train.val_fraction=1.5: expected a probability in [0, 1]",
     ),
-    ("train", ["data.rewrite_ratio=2"], "data.rewrite_ratio=2: expected a probability in [0, 1] or null"),
-    ("train", ["data.remove_ratio=1.0"], "data.remove_ratio=1.0: expected a fraction in [0, 1)"),
     (
         "train",
-        ["data.caption_sampling=bogus"],
-        "data.caption_sampling=bogus: expected one of random_one, first, raw_only, ext_only, all_pairs, "
+        ["data.caption_policy.rewrite_ratio=2"],
+        "data.caption_policy.rewrite_ratio=2: expected a probability in [0, 1] or null",
+    ),
+    (
+        "train",
+        ["data.caption_policy.remove_ratio=1.0"],
+        "data.caption_policy.remove_ratio=1.0: expected a fraction in [0, 1)",
+    ),
+    (
+        "train",
+        ["data.caption_policy.sampling=bogus"],
+        "data.caption_policy.sampling=bogus: expected one of random_one, first, raw_only, ext_only, all_pairs, "
         "multi_positive",
+    ),
+    (
+        "train",
+        ["data.caption_policy.source_weights={raw: 1, dense: -0.5}"],
+        "data.caption_policy.source_weights.dense=-0.5: expected a number >= 0",
+    ),
+    (
+        "train",
+        ["data.caption_policy.captions_per_image=0"],
+        "data.caption_policy.captions_per_image=0: expected a positive integer",
+    ),
+    # keys that moved under data.caption_policy (an own config file, or a `+` override, still setting them)
+    (
+        "train",
+        ["+data.caption_sampling=all_pairs"],
+        "data.caption_sampling=all_pairs: renamed; use data.caption_policy.sampling=all_pairs",
+    ),
+    (
+        "train",
+        ["+data.rewrite_ratio=0.5"],
+        "data.rewrite_ratio=0.5: renamed; use data.caption_policy.rewrite_ratio=0.5",
+    ),
+    (
+        "train",
+        ["+data.caption_source_weights={raw: 0.5, dense: 0.5}"],
+        "data.caption_source_weights.raw=0.5: renamed; use data.caption_policy.source_weights.raw=0.5",
+    ),
+    (
+        "train",
+        ["+data.shear.unit=words"],
+        "data.shear.unit=words: renamed; use data.caption_policy.shear.unit=words",
     ),
     (
         "train",
@@ -61,8 +100,8 @@ CASES = [
     ("train", ["data.train.limit=0"], "data.train.limit=0: expected a positive integer or null"),
     (
         "train",
-        ["data/shear=tokens", "data.shear.unit=letters"],
-        "data.shear.unit=letters: expected one of tokens, words, fixed, first_sentence, none",
+        ["data/shear=tokens", "data.caption_policy.shear.unit=letters"],
+        "data.caption_policy.shear.unit=letters: expected one of tokens, words, fixed, first_sentence, none",
     ),
     ("train", ["seed=notanint"], "seed=notanint: expected an integer or null"),
     ("train", ["seed=1.5"], "seed=1.5: expected an integer or null"),
