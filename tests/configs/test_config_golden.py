@@ -11,13 +11,33 @@ import yaml
 
 from clipforge.utils.validate import renamed
 from tests.helpers.config_snapshot import CONF, load, preset_jobs, resolve_case
+from tests.helpers.configs import sweep_rows
 
 ROWS = load()
 
 RENAMED: dict[str, str] = {}
 """Old override -> new override (renamed experiments and overlays: ``experiment=a`` -> ``experiment=b``)."""
 
-REPLACED: dict[str, list[str]] = {}
+REPLACED: dict[str, list[str]] = {
+    **{
+        f"ablation/recap=remove_{p}": [
+            "ablation/recap=raw_only",
+            f"data.caption_policy.remove_ratio={p / 100}",
+        ]
+        for p in (25, 50, 75)
+    },
+    **{
+        f"ablation/recap=rewrite_{p}": [f"data.caption_policy.rewrite_ratio={p / 100}"]
+        for p in (25, 50, 75, 100)
+    },
+    **{
+        f"ablation/llm2clip=dense_ratio_{p}": [
+            f"data.caption_policy.source_weights={{raw: {1 - p / 100}, dense: {p / 100}}}"
+        ]
+        for p in (0, 25, 50, 75, 100)
+    },
+    **{f"ablation/llm2clip=adapter_layers_{n}": [f"model.adapter.num_layers={n}"] for n in (0, 1, 2)},
+}
 """Old override -> the overrides that replace it (ablation files that became a documented sweep over a key)."""
 
 
@@ -89,3 +109,17 @@ def test_every_experiment_overlay_and_ablation_file_is_compared():
     for path in sorted((CONF / "ablation").glob("*/*.yaml")):
         if path.stem != "none":
             assert f"ablation/{path.parent.name}={path.stem}" in used, path
+
+
+def test_every_replaced_ablation_file_is_a_row_of_a_sweep():
+    """The one-number ablation files became sweeps over their key: each one's overrides are a job of a sweep."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+
+    def parsed(overrides) -> set:
+        return {(o.key_or_group, repr(o.value())) for o in map(parser.parse_override, overrides)}
+
+    rows = [parsed(row) for path in (CONF / "sweep").rglob("*.yaml") for row in sweep_rows(path)]
+    for old, new in REPLACED.items():
+        assert any(parsed(new) <= row for row in rows), old

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
+
+import yaml
 
 from clipforge.utils.hydra import CONF_DIR
 
@@ -60,3 +63,21 @@ def tiny_overlay(experiment: str) -> str:
 def tiny_overrides(experiment: str) -> list[str]:
     """Overrides that shrink an experiment to CPU-test size (no real weights, synthetic data)."""
     return [f"experiment={experiment}", f"debug={tiny_overlay(experiment)}"]
+
+
+def sweep_rows(path: Path) -> list[list[str]]:
+    """The overrides of every job of a ``conf/sweep`` file, as Hydra's basic sweeper makes them: each parameter
+    ``key: value`` parsed as the override ``key=value`` (so values may be lists or dicts, ``{a: 1},{a: 2}``), then
+    the product of the parameters' values."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    axes = []
+    for key, value in yaml.safe_load(path.read_text())["hydra"]["sweeper"]["params"].items():
+        override = parser.parse_override(f"{key}={value}")
+        if override.is_sweep_override():
+            values = list(override.sweep_string_iterator())
+        else:
+            values = [override.get_value_element_as_str()]
+        axes.append([f"{key}={v}" for v in values])
+    return [list(row) for row in itertools.product(*axes)]
