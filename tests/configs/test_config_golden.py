@@ -9,14 +9,15 @@ from typing import Any
 import pytest
 import yaml
 
-from clipforge.utils.validate import renamed
+from clipforge.utils.validate import RENAMED_CONFIGS, renamed
 from tests.helpers.config_snapshot import CONF, load, preset_jobs, resolve_case
-from tests.helpers.configs import sweep_rows
+from tests.helpers.configs import configs, sweep_rows
 
 ROWS = load()
 
-RENAMED: dict[str, str] = {}
-"""Old override -> new override (renamed experiments and overlays: ``experiment=a`` -> ``experiment=b``)."""
+RENAMED: dict[str, str] = RENAMED_CONFIGS
+"""Old override -> new override: the entry points' table of renamed experiments and overlays (whose old names stop
+with one line naming the new ones)."""
 
 REPLACED: dict[str, list[str]] = {
     **{
@@ -98,14 +99,12 @@ def test_pipeline_preset_jobs_compose_to_the_same_values_as_before(preset):
 def test_every_experiment_overlay_and_ablation_file_is_compared():
     """A file of the tree that no snapshot case composes (a new one) needs a new snapshot."""
     used = {o for r in CASES for o in new_overrides(r["overrides"])}
-    for path in (CONF / "debug").glob(
-        "*.yaml"
-    ):  # a base overlay is compared through the overlays on top of it
-        defaults = yaml.safe_load(path.read_text()).get("defaults") or []
+    for name in configs("debug"):  # a base overlay is compared through the overlays on top of it
+        defaults = yaml.safe_load((CONF / "debug" / f"{name}.yaml").read_text()).get("defaults") or []
         used |= {f"debug={d}" for d in defaults if isinstance(d, str) and not d.startswith("_")}
-    for folder in ("experiment", "debug"):
-        for path in sorted((CONF / folder).glob("*.yaml")):
-            assert f"{folder}={path.stem}" in used, path
+    for group in ("experiment", "debug"):
+        for name in configs(group):
+            assert f"{group}={name}" in used, name
     for path in sorted((CONF / "ablation").glob("*/*.yaml")):
         if path.stem != "none":
             assert f"ablation/{path.parent.name}={path.stem}" in used, path
@@ -123,3 +122,16 @@ def test_every_replaced_ablation_file_is_a_row_of_a_sweep():
     rows = [parsed(row) for path in (CONF / "sweep").rglob("*.yaml") for row in sweep_rows(path)]
     for old, new in REPLACED.items():
         assert any(parsed(new) <= row for row in rows), old
+
+
+@pytest.mark.parametrize("old", sorted(RENAMED_CONFIGS))
+def test_a_renamed_config_stops_with_one_line_naming_the_new_one(old, tmp_path):
+    from clipforge.utils.hydra import compose
+    from clipforge.utils.validate import ConfigValueError, validate_config
+
+    with pytest.raises(ConfigValueError) as info:
+        validate_config(compose([old], "train", output_dir=str(tmp_path)), "train")
+    assert str(info.value) == f"{old}: renamed; use {RENAMED_CONFIGS[old]}"
+    group, name = old.split("=")
+    assert name not in configs(group) and (CONF / group / f"{name}.yaml").exists()
+    assert RENAMED_CONFIGS[old].split("=")[1] in configs(group)

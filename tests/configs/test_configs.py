@@ -82,12 +82,12 @@ def test_released_aitqe_scoring_overrides_of_the_docs_compose(tmp_path):
 
 
 def test_defaults_order_experiment_beats_primary(tmp_path):
-    cfg = compose(["experiment=demo_clip"], output_dir=str(tmp_path))
-    assert cfg.model.embed_dim == 256  # demo_clip's, not model/clip.yaml's 512
+    cfg = compose(["experiment=clip_demo"], output_dir=str(tmp_path))
+    assert cfg.model.embed_dim == 256  # clip_demo's, not model/clip.yaml's 512
     assert cfg.model.vision._target_.endswith("TimmVision")
-    cfg = compose(["experiment=demo_clip", "model.embed_dim=64"], output_dir=str(tmp_path))
+    cfg = compose(["experiment=clip_demo", "model.embed_dim=64"], output_dir=str(tmp_path))
     assert cfg.model.embed_dim == 64  # command line beats the experiment
-    cfg = compose(["experiment=demo_clip", "debug=tiny_clip"], output_dir=str(tmp_path))
+    cfg = compose(["experiment=clip_demo", "debug=tiny_clip"], output_dir=str(tmp_path))
     assert cfg.model.vision.model_name == "vit_tiny_patch16_224"  # debug overlay beats the experiment
 
 

@@ -20,7 +20,7 @@ from clipforge.utils.validate import ConfigValueError, validate_config
 from tests.helpers.configs import experiments, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
-TRAIN = ["experiment=demo_clip", "debug=tiny_clip"]
+TRAIN = ["experiment=clip_demo", "debug=tiny_clip"]
 GENERATE = ["experiment=llm2clip_embed_demo", "debug=tiny_llm2clip_embed_demo"]
 STAGE = {"train": "train", "eval": "evaluate", "generate": "generate"}
 
@@ -187,12 +187,12 @@ CASES = [
     ("generate", ["model.micro_batch_size=0"], "model.micro_batch_size=0: expected a positive integer"),
     (
         "train",
-        ["experiment=llm2clip_demo", "debug=tiny_llm2clip_demo", "model.text_source=both"],
+        ["experiment=llm2clip_s2_demo", "debug=tiny_llm2clip_s2_demo", "model.text_source=both"],
         "model.text_source=both: expected one of cache, online",
     ),
     (
         "train",
-        ["experiment=llm2clip_demo", "debug=tiny_llm2clip_demo", "model.layer_decay=0"],
+        ["experiment=llm2clip_s2_demo", "debug=tiny_llm2clip_s2_demo", "model.layer_decay=0"],
         "model.layer_decay=0: expected a number in (0, 1]",
     ),
     (
@@ -372,6 +372,16 @@ def _run_script(name: str, overrides: list[str], tmp_path) -> subprocess.Complet
             [*GENERATE, "data.predict.path=/nonexistent/captions.json"],
             "error: data.predict.path: no such file: /nonexistent/captions.json",
         ),
+        (
+            "train",
+            ["experiment=demo_clip"],
+            "error: experiment=demo_clip: renamed; use experiment=clip_demo",
+        ),
+        (
+            "train",
+            [*TRAIN, "+data.caption_sampling=all_pairs"],
+            "error: data.caption_sampling=all_pairs: renamed; use data.caption_policy.sampling=all_pairs",
+        ),
     ],
     ids=[
         "train-batch-size",
@@ -379,6 +389,8 @@ def _run_script(name: str, overrides: list[str], tmp_path) -> subprocess.Complet
         "eval-no-ckpt",
         "generate-shard-rows",
         "generate-missing-file",
+        "train-renamed-experiment",
+        "train-renamed-key",
     ],
 )
 def test_console_script_exits_2_with_one_line_before_loading_anything(name, overrides, line, tmp_path):

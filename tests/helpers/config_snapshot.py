@@ -76,7 +76,7 @@ def _tiny(experiment: str) -> str:
     return f"tiny_{head if head in ('recap', 'enhance', 'llm2clip') else 'clip'}"
 
 
-ABLATION_TARGET = {"recap": "recap_clip", "enhance": "enhance_demo_train", "llm2clip": "llm2clip_demo"}
+ABLATION_TARGET = {"recap": "recap_clip", "enhance": "enhance_train_demo", "llm2clip": "llm2clip_s2_demo"}
 
 
 def cases() -> list[dict]:
@@ -99,7 +99,7 @@ def cases() -> list[dict]:
                 "overrides": [f"experiment={e}", f"debug={_tiny(e)}", f"ablation/{stage}={a}"],
             }
         )
-    out.append({"primary": "train", "overrides": ["experiment=demo_clip", "debug=fdr"]})
+    out.append({"primary": "train", "overrides": ["experiment=clip_demo", "debug=fdr"]})
     return out
 
 

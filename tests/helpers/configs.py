@@ -14,15 +14,25 @@ STAGES = ("recap", "enhance", "llm2clip")
 PRIMARIES = ("train", "eval", "generate")
 
 
+def is_renamed_stub(path: Path) -> bool:
+    """A file left under a renamed config's old name (it sets only ``renamed: <old choice>``)."""
+    return "renamed" in (yaml.safe_load(path.read_text()) or {})
+
+
+def configs(group: str) -> list[str]:
+    """The options of a config group, renamed stubs left out."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not is_renamed_stub(p))
+
+
 def experiments() -> list[str]:
-    return sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+    return configs("experiment")
 
 
 def ablations() -> list[tuple[str, str]]:
     return [(s, p.stem) for s in STAGES for p in sorted((CONF / "ablation" / s).glob("*.yaml"))]
 
 
-ABLATION_TARGET = {"recap": "recap_clip", "enhance": "enhance_demo_train", "llm2clip": "llm2clip_demo"}
+ABLATION_TARGET = {"recap": "recap_clip", "enhance": "enhance_train_demo", "llm2clip": "llm2clip_s2_demo"}
 """The experiment a stage's ablation files modify (the stage's training recipe)."""
 
 

@@ -14,7 +14,7 @@ import yaml
 from clipforge.callbacks.shard_writer import read_shards
 from clipforge.utils.hydra import compose
 
-TINY = ["experiment=demo_clip", "debug=tiny_clip"]
+TINY = ["experiment=clip_demo", "debug=tiny_clip"]
 
 
 def _env(tmp_path) -> dict:

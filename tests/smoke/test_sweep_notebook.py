@@ -27,7 +27,7 @@ def sweep_dir(tmp_path_factory) -> Path:
             "-m",
             "clipforge.cli.train",
             "-m",
-            "experiment=demo_clip",
+            "experiment=clip_demo",
             "debug=tiny_clip",
             "model/loss=clip,siglip",
             f"hydra.sweep.dir={out / 'multirun'}",

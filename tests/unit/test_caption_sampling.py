@@ -165,7 +165,7 @@ def test_clip_trains_with_each_sampling_mode(sampling, tmp_path):
 
     cfg = compose(
         [
-            "experiment=demo_clip",
+            "experiment=clip_demo",
             "debug=tiny_clip",
             f"data.caption_policy.sampling={sampling}",
             "data/shear=words",

@@ -1,6 +1,6 @@
 """``clipforge-eval``: evaluate a checkpoint on any dataset the data layer reads.
 
-    clipforge-eval experiment=demo_clip ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt \\
+    clipforge-eval experiment=clip_demo ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt \\
         data.val.path=coco_val.json data.val.image_root=images/
     clipforge-eval cra --encoder <run>/encoder --data captions_val2017.json [--val_fraction 0.2]
 

@@ -1,6 +1,6 @@
 """``clipforge-export-cli``: write the LightningCLI YAML of a Hydra composition.
 
-clipforge-export-cli experiment=demo_clip trainer.max_epochs=2 -o run.cli.yaml [--config-name train]
+clipforge-export-cli experiment=clip_demo trainer.max_epochs=2 -o run.cli.yaml [--config-name train]
 """
 
 from __future__ import annotations

@@ -261,10 +261,21 @@ RENAMED: dict[str, str] = {
     "data.remove_ratio": "data.caption_policy.remove_ratio",
     "data.captions_per_image": "data.caption_policy.captions_per_image",
     "data.shear": "data.caption_policy.shear",
+    "aitqe": "enhance",  # enhance's own keys (enhance.train.*, enhance.apply.*): one slug per stage
 }
 """Old key -> new key (a key under an old one moves with it). A config that still sets an old key (an own
 experiment file, a ``+key=`` override) fails with one line naming the new key instead of reaching a constructor
 that no longer takes it."""
+
+RENAMED_CONFIGS: dict[str, str] = {
+    "experiment=demo_clip": "experiment=clip_demo",
+    "experiment=enhance_demo_train": "experiment=enhance_train_demo",
+    "experiment=llm2clip_demo": "experiment=llm2clip_s2_demo",
+    "debug=tiny_enhance_demo_train": "debug=tiny_enhance_train_demo",
+    "debug=tiny_llm2clip_demo": "debug=tiny_llm2clip_s2_demo",
+}
+"""Old config choice -> new one (experiments are named ``<stage>_<what>``). The old name is a stub file that sets
+only ``renamed: <old choice>``, so composing it stops at validation with one line naming the new choice."""
 
 STAGE_SPLITS = {"train": ("train", "val", "test"), "evaluate": ("val", "test"), "generate": ("predict",)}
 """The data splits each entry point's task reads (``evaluate`` reads ``test`` if set, else ``val`` / held-out)."""
@@ -312,6 +323,21 @@ def renamed(key: str, table: Mapping[str, str] = RENAMED) -> str | None:
         if key == old or key.startswith((old + ".", old + "[")):
             return new + key[len(old) :]
     return None
+
+
+def check_renamed_configs(job: Mapping) -> None:
+    """Raise :class:`ConfigValueError` when the job composed a renamed config's stub (its ``renamed`` key).
+
+    Raises:
+        ConfigValueError: ``<old choice>: renamed; use <new choice>`` (``experiment=demo_clip: renamed; use
+            experiment=clip_demo``).
+    """
+    old = job.get("renamed")
+    if old is not None:
+        new = RENAMED_CONFIGS.get(str(old))
+        raise ConfigValueError(
+            f"{old}: renamed; use {new}" if new else f"{old}: renamed (README, Config names)"
+        )
 
 
 def check_values(job: Mapping, rules: Sequence[tuple[str, Rule]] = RULES, missing_ok: bool = False) -> None:
@@ -401,6 +427,7 @@ def validate_config(cfg: DictConfig, stage: str | None = None) -> None:
         DataConfigError: a data source the stage reads does not exist.
     """
     job = _job(cfg)
+    check_renamed_configs(job)
     check_values(job)
     if stage is not None:
         check_sources(job, stage)
