@@ -25,7 +25,7 @@ ANSWERS = {
     "a red square": '{"Overall Score": "7<Overall>"}',
     "junk": "no json here",
 }
-SCORE = ["experiment=enhance_score_demo", "debug=tiny_enhance_score_demo", "~model.spec"]
+SCORE = ["experiment=enhance_score_demo", "debug=tiny_enhance_score_demo"]  # + model.model_path
 
 
 @pytest.fixture(scope="module")
