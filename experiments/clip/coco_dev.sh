@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CLIP baseline (demo_clip: frozen EfficientNet-Lite0 + frozen MiniLM + trained heads) on ../shared/data/coco-dev:
+# CLIP baseline (clip_demo: frozen EfficientNet-Lite0 + frozen MiniLM + trained heads) on ../shared/data/coco-dev:
 # split the COCO file by a stable hash of the image id, train on one file (3 seeds), evaluate the best checkpoint
 # of each on the other file with clipforge eval. Results: experiments/clip/README.md.
 set -euo pipefail
@@ -8,13 +8,13 @@ DATA=${CLIPFORGE_DATA_DIR:-../shared/data}/coco-dev
 OUT=${OUT:-artifacts/clip/coco_dev}
 mkdir -p "$OUT"
 .venv/bin/clipforge data split-coco "$DATA/annotations/captions_train2017.json" --val-fraction 0.3 --out-dir "$OUT"
-.venv/bin/clipforge train -m experiment=demo_clip seed=0,1,2 \
+.venv/bin/clipforge train -m experiment=clip_demo seed=0,1,2 \
     data.train.path="$OUT/captions_train2017_train.json" data.train.image_root="$DATA/train2017" \
     data.val.path="$OUT/captions_train2017_val.json" data.val.image_root="$DATA/train2017" \
     data.batch_size=32 hydra.sweep.dir="$OUT/sweep"
 for job in "$OUT"/sweep/[0-9]*; do
   ckpt=$(.venv/bin/python -c "from clipforge.utils.runs import find_checkpoint; print(find_checkpoint('$job'))")
-  .venv/bin/clipforge eval experiment=demo_clip ckpt_path="$ckpt" \
+  .venv/bin/clipforge eval experiment=clip_demo ckpt_path="$ckpt" \
       data.val.path="$OUT/captions_train2017_val.json" data.val.image_root="$DATA/train2017" \
       hydra.run.dir="$job/eval"
 done

@@ -1,7 +1,7 @@
 """Object-crop verdict data: many more distinct (image, caption, verdict) triples from the same training photos.
 
     python experiments/enhance/object_crops.py --out /tmp/clipforge-runs/crops
-    clipforge train experiment=enhance_demo_train data.train.path=/tmp/clipforge-runs/crops/train.jsonl \\
+    clipforge train experiment=enhance_train_demo data.train.path=/tmp/clipforge-runs/crops/train.jsonl \\
         data.train.image_root=null ...
 
 The enhancer has ~100 training photos, too few to learn whether a caption matches a photo. COCO's instance boxes

@@ -20,7 +20,7 @@ from clipforge.utils.hydra import compose
 from tests.helpers.configs import experiments, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
-TRAIN = ["experiment=demo_clip", "debug=tiny_clip"]
+TRAIN = ["experiment=clip_demo", "debug=tiny_clip"]
 GENERATE = ["experiment=llm2clip_embed_demo", "debug=tiny_llm2clip_embed_demo"]
 STAGE = {"train": "train", "eval": "evaluate", "generate": "generate"}
 
@@ -43,13 +43,52 @@ CASES = [
         ["++data.train.val_fraction=1.5"],
         "data.train.val_fraction=1.5: expected a probability in [0, 1]",
     ),
-    ("train", ["data.rewrite_ratio=2"], "data.rewrite_ratio=2: expected a probability in [0, 1] or null"),
-    ("train", ["data.remove_ratio=1.0"], "data.remove_ratio=1.0: expected a fraction in [0, 1)"),
     (
         "train",
-        ["data.caption_sampling=bogus"],
-        "data.caption_sampling=bogus: expected one of random_one, first, raw_only, ext_only, all_pairs, "
+        ["data.caption_policy.rewrite_ratio=2"],
+        "data.caption_policy.rewrite_ratio=2: expected a probability in [0, 1] or null",
+    ),
+    (
+        "train",
+        ["data.caption_policy.remove_ratio=1.0"],
+        "data.caption_policy.remove_ratio=1.0: expected a fraction in [0, 1)",
+    ),
+    (
+        "train",
+        ["data.caption_policy.sampling=bogus"],
+        "data.caption_policy.sampling=bogus: expected one of random_one, first, raw_only, ext_only, all_pairs, "
         "multi_positive",
+    ),
+    (
+        "train",
+        ["data.caption_policy.source_weights={raw: 1, dense: -0.5}"],
+        "data.caption_policy.source_weights.dense=-0.5: expected a number >= 0",
+    ),
+    (
+        "train",
+        ["data.caption_policy.captions_per_image=0"],
+        "data.caption_policy.captions_per_image=0: expected a positive integer",
+    ),
+    # keys that moved under data.caption_policy (an own config file, or a `+` override, still setting them)
+    (
+        "train",
+        ["+data.caption_sampling=all_pairs"],
+        "data.caption_sampling=all_pairs: renamed; use data.caption_policy.sampling=all_pairs",
+    ),
+    (
+        "train",
+        ["+data.rewrite_ratio=0.5"],
+        "data.rewrite_ratio=0.5: renamed; use data.caption_policy.rewrite_ratio=0.5",
+    ),
+    (
+        "train",
+        ["+data.caption_source_weights={raw: 0.5, dense: 0.5}"],
+        "data.caption_source_weights.raw=0.5: renamed; use data.caption_policy.source_weights.raw=0.5",
+    ),
+    (
+        "train",
+        ["+data.shear.unit=words"],
+        "data.shear.unit=words: renamed; use data.caption_policy.shear.unit=words",
     ),
     (
         "train",
@@ -61,8 +100,8 @@ CASES = [
     ("train", ["data.train.limit=0"], "data.train.limit=0: expected a positive integer or null"),
     (
         "train",
-        ["data/shear=tokens", "data.shear.unit=letters"],
-        "data.shear.unit=letters: expected one of tokens, words, fixed, first_sentence, none",
+        ["data/shear=tokens", "data.caption_policy.shear.unit=letters"],
+        "data.caption_policy.shear.unit=letters: expected one of tokens, words, fixed, first_sentence, none",
     ),
     ("train", ["seed=notanint"], "seed=notanint: expected an integer or null"),
     ("train", ["seed=1.5"], "seed=1.5: expected an integer or null"),
@@ -148,12 +187,12 @@ CASES = [
     ("generate", ["model.micro_batch_size=0"], "model.micro_batch_size=0: expected a positive integer"),
     (
         "train",
-        ["experiment=llm2clip_demo", "debug=tiny_llm2clip_demo", "model.text_source=both"],
+        ["experiment=llm2clip_s2_demo", "debug=tiny_llm2clip_s2_demo", "model.text_source=both"],
         "model.text_source=both: expected one of cache, online",
     ),
     (
         "train",
-        ["experiment=llm2clip_demo", "debug=tiny_llm2clip_demo", "model.layer_decay=0"],
+        ["experiment=llm2clip_s2_demo", "debug=tiny_llm2clip_s2_demo", "model.layer_decay=0"],
         "model.layer_decay=0: expected a number in (0, 1]",
     ),
     (
@@ -333,6 +372,16 @@ def _run_script(name: str, overrides: list[str], tmp_path) -> subprocess.Complet
             [*GENERATE, "data.predict.path=/nonexistent/captions.json"],
             "error: data.predict.path: no such file: /nonexistent/captions.json",
         ),
+        (
+            "train",
+            ["experiment=demo_clip"],
+            "error: experiment=demo_clip: renamed; use experiment=clip_demo",
+        ),
+        (
+            "train",
+            [*TRAIN, "+data.caption_sampling=all_pairs"],
+            "error: data.caption_sampling=all_pairs: renamed; use data.caption_policy.sampling=all_pairs",
+        ),
     ],
     ids=[
         "train-batch-size",
@@ -340,6 +389,8 @@ def _run_script(name: str, overrides: list[str], tmp_path) -> subprocess.Complet
         "eval-no-ckpt",
         "generate-shard-rows",
         "generate-missing-file",
+        "train-renamed-experiment",
+        "train-renamed-key",
     ],
 )
 def test_console_script_exits_2_with_one_line_before_loading_anything(name, overrides, line, tmp_path):

@@ -466,7 +466,7 @@ def test_every_good_row_comes_out_and_every_bad_row_is_recorded(fmt, tmp_path, c
         holdout_fraction=0.0,
         batch_size=8,
         drop_last=False,
-        caption_sampling="first",
+        caption_policy={"sampling": "first"},
     )
     dm.trainer = FakeTrainer()
     dm.setup("fit")

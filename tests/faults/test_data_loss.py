@@ -236,7 +236,7 @@ def test_resuming_a_finished_run_keeps_its_training_metrics(tmp_path):
         rows[i]["image"] = f"gone{i}.png"
     (photos / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     tiny = [
-        "experiment=demo_clip",
+        "experiment=clip_demo",
         "debug=tiny_clip",
         "trainer.max_epochs=2",
         f"data.train.path={photos / 'data.jsonl'}",

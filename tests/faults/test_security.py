@@ -13,7 +13,7 @@ from PIL import Image
 from clipforge.tasks.enhance.teacher import ChatTeacher
 from clipforge.utils.hydra import compose
 
-TINY = ["experiment=demo_clip", "debug=tiny_clip"]
+TINY = ["experiment=clip_demo", "debug=tiny_clip"]
 
 KEY_ENV = "CLIPFORGE_FAULTS_TEST_KEY"
 

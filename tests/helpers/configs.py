@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
+
+import yaml
 
 from clipforge.utils.hydra import CONF_DIR
 
@@ -11,15 +14,25 @@ STAGES = ("recap", "enhance", "llm2clip")
 PRIMARIES = ("train", "eval", "generate")
 
 
+def is_renamed_stub(path: Path) -> bool:
+    """A file left under a renamed config's old name (it sets only ``renamed: <old choice>``)."""
+    return "renamed" in (yaml.safe_load(path.read_text()) or {})
+
+
+def configs(group: str) -> list[str]:
+    """The options of a config group, renamed stubs left out."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not is_renamed_stub(p))
+
+
 def experiments() -> list[str]:
-    return sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+    return configs("experiment")
 
 
 def ablations() -> list[tuple[str, str]]:
     return [(s, p.stem) for s in STAGES for p in sorted((CONF / "ablation" / s).glob("*.yaml"))]
 
 
-ABLATION_TARGET = {"recap": "recap_clip", "enhance": "enhance_demo_train", "llm2clip": "llm2clip_demo"}
+ABLATION_TARGET = {"recap": "recap_clip", "enhance": "enhance_train_demo", "llm2clip": "llm2clip_s2_demo"}
 """The experiment a stage's ablation files modify (the stage's training recipe)."""
 
 
@@ -60,3 +73,21 @@ def tiny_overlay(experiment: str) -> str:
 def tiny_overrides(experiment: str) -> list[str]:
     """Overrides that shrink an experiment to CPU-test size (no real weights, synthetic data)."""
     return [f"experiment={experiment}", f"debug={tiny_overlay(experiment)}"]
+
+
+def sweep_rows(path: Path) -> list[list[str]]:
+    """The overrides of every job of a ``conf/sweep`` file, as Hydra's basic sweeper makes them: each parameter
+    ``key: value`` parsed as the override ``key=value`` (so values may be lists or dicts, ``{a: 1},{a: 2}``), then
+    the product of the parameters' values."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    axes = []
+    for key, value in yaml.safe_load(path.read_text())["hydra"]["sweeper"]["params"].items():
+        override = parser.parse_override(f"{key}={value}")
+        if override.is_sweep_override():
+            values = list(override.sweep_string_iterator())
+        else:
+            values = [override.get_value_element_as_str()]
+        axes.append([f"{key}={v}" for v in values])
+    return [list(row) for row in itertools.product(*axes)]

@@ -50,7 +50,7 @@ RUN_FILES = {"config.yaml", "run.cli.yaml", ".hydra", "shards", "checkpoints", "
 files, the run's log; Hydra's ``<task>.log`` is appended by every rerun and is skipped too)."""
 WEIGHT_TOLERANCE = 1e-6
 """Largest absolute difference of a final weight still counted as equal. Resumed training is bit-exact, except that
-the frozen-feature cache (``model.cache_frozen_features``, on in ``demo_clip``) is empty after a restart: features
+the frozen-feature cache (``model.cache_frozen_features``, on in ``clip_demo``) is empty after a restart: features
 then come from other batch compositions and can differ in the last bit (1.5e-8 seen); the cache's own test allows
 the same kind of tolerance."""
 METRIC_RTOL = 1e-5
@@ -145,7 +145,7 @@ JOBS = {
         "clip_train",
         "CLIP training (tiny ViT + text transformer), 3 epochs of 2 steps, resumed from last.ckpt",
         "train",
-        ("experiment=demo_clip", "debug=tiny_clip", "trainer.max_epochs=3", "evaluate=false"),
+        ("experiment=clip_demo", "debug=tiny_clip", "trainer.max_epochs=3", "evaluate=false"),
         6,
     ),
 }

@@ -13,7 +13,7 @@ from clipforge.cli.export_cli import to_lightning_cli
 from clipforge.utils.hydra import compose
 from tests.helpers.scripts import console_scripts, run_script
 
-TINY = ["experiment=demo_clip", "debug=tiny_clip"]
+TINY = ["experiment=clip_demo", "debug=tiny_clip"]
 HEAVY = re.compile(r"heavy modules: \[(.*)\]")
 
 

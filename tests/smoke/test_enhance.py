@@ -25,7 +25,7 @@ ANSWERS = {
     "a red square": '{"Overall Score": "7<Overall>"}',
     "junk": "no json here",
 }
-SCORE = ["experiment=enhance_score_demo", "debug=tiny_enhance_score_demo", "~model.spec"]
+SCORE = ["experiment=enhance_score_demo", "debug=tiny_enhance_score_demo"]  # + model.model_path
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +214,7 @@ def test_demo_train_overlay_exports_an_aitqe_folder_the_cli_loads(tmp_path, caps
     from clipforge.models.vlm import VisionLanguageModel
 
     cfg = compose(
-        ["experiment=enhance_demo_train", "debug=tiny_enhance_demo_train"], output_dir=str(tmp_path)
+        ["experiment=enhance_train_demo", "debug=tiny_enhance_train_demo"], output_dir=str(tmp_path)
     )
     metrics, objects = train(cfg)
     assert np.isfinite(metrics["val/lm_loss"])

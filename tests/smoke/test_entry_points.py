@@ -16,7 +16,7 @@ from clipforge.utils.hydra import compose
 from clipforge.utils.runs import find_checkpoint
 from tests.helpers.reference_metrics import checkpoint_recall
 
-TINY = ["experiment=demo_clip", "debug=tiny_clip"]
+TINY = ["experiment=clip_demo", "debug=tiny_clip"]
 
 
 def _env(tmp_path) -> dict:

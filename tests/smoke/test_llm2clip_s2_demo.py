@@ -1,4 +1,4 @@
-"""llm2clip_demo end to end on the tiny overlay: the caption-embedding job writes the cache, stage 2 trains from it,
+"""llm2clip_s2_demo end to end on the tiny overlay: the caption-embedding job writes the cache, stage 2 trains from it,
 and training from the cache equals training with the same frozen encoder online; clipforge-eval reproduces it."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from clipforge.utils.hydra import compose
 
 pytestmark = pytest.mark.slow  # an embedding job, two trainings and an evaluation: ~1 min on 2 idle cores
 
-TINY = ["experiment=llm2clip_demo", "debug=tiny_llm2clip_demo"]
+TINY = ["experiment=llm2clip_s2_demo", "debug=tiny_llm2clip_s2_demo"]
 FULL_EPOCHS = ["trainer.max_epochs=2", "trainer.limit_train_batches=null", "trainer.limit_val_batches=null"]
 
 

@@ -1,4 +1,4 @@
-"""llm2clip_demo's tiny overlay through clipforge-train: fit, validate, checkpoint without the frozen encoder."""
+"""llm2clip_s2_demo's tiny overlay through clipforge-train: fit, validate, checkpoint without the frozen encoder."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from clipforge.utils.runs import find_checkpoint
 from tests.helpers.reference_metrics import checkpoint_recall
 
 
-def test_tiny_llm2clip_demo_trains_and_checkpoints_without_the_llm(tmp_path):
+def test_tiny_llm2clip_s2_demo_trains_and_checkpoints_without_the_llm(tmp_path):
     from clipforge.cli.train import train
 
-    cfg = compose(["experiment=llm2clip_demo", "debug=tiny_llm2clip_demo"], output_dir=str(tmp_path))
+    cfg = compose(["experiment=llm2clip_s2_demo", "debug=tiny_llm2clip_s2_demo"], output_dir=str(tmp_path))
     metrics, objects = train(cfg)
     assert objects["trainer"].global_step == 2
     on_disk = json.loads((tmp_path / "metrics.json").read_text())

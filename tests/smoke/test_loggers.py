@@ -9,7 +9,7 @@ import pytest
 from clipforge.cli.validate import ConfigValueError, validate_config
 from clipforge.utils.hydra import compose
 
-TINY = ["experiment=demo_clip", "debug=tiny_clip", "trainer.max_epochs=2", "evaluate=false"]
+TINY = ["experiment=clip_demo", "debug=tiny_clip", "trainer.max_epochs=2", "evaluate=false"]
 
 
 def test_every_logger_config_has_its_package_installed(tmp_path):

@@ -63,12 +63,12 @@ def test_smollm2_gguf_text_tower():
     assert e.shape == (2, 576) and torch.isfinite(e).all()
 
 
-def test_demo_clip_trains_with_real_towers(tmp_path):
+def test_clip_demo_trains_with_real_towers(tmp_path):
     from clipforge.cli.train import train
     from clipforge.utils.hydra import compose
 
     cfg = compose(
-        ["experiment=demo_clip", "trainer.max_epochs=3", "~logger", "callbacks.lr_monitor=null"],
+        ["experiment=clip_demo", "trainer.max_epochs=3", "~logger", "callbacks.lr_monitor=null"],
         output_dir=str(tmp_path),
     )
     metrics, objects = train(cfg)

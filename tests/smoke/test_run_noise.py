@@ -15,7 +15,7 @@ from clipforge.callbacks.param_report import ParamReport
 from clipforge.utils.hydra import compose
 from tests.helpers.scripts import run_script, script_env
 
-TINY = ["experiment=demo_clip", "debug=tiny_clip"]
+TINY = ["experiment=clip_demo", "debug=tiny_clip"]
 NOISE = (
     "LeafSpec",  # Lightning's use of torch's deprecated pytree class
     "module(s) in eval mode",  # Lightning's warning about the frozen towers
@@ -173,11 +173,11 @@ def test_only_modules_that_train_in_eval_mode_are_reported(mistake, tmp_path, ca
 
 
 def test_zero_shot_of_the_embedded_photos_is_named_for_them_whatever_the_training_data(tmp_path):
-    """``demo_clip`` trained on the user's data still classifies the embedded photos: the key says so."""
+    """``clip_demo`` trained on the user's data still classifies the embedded photos: the key says so."""
     from clipforge.cli.train import train
 
     cfg = compose([*TINY, "trainer.max_epochs=1", "evaluate=false"], output_dir=str(tmp_path))
-    zero_shot = compose(["experiment=demo_clip"], output_dir=str(tmp_path)).callbacks.zero_shot
+    zero_shot = compose(["experiment=clip_demo"], output_dir=str(tmp_path)).callbacks.zero_shot
     assert zero_shot.data.path == "demo" and cfg.data.train.path == "synthetic"  # not the training data
     cfg.callbacks.zero_shot = zero_shot
     metrics, _ = train(cfg)

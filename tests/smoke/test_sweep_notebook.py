@@ -72,7 +72,7 @@ def sweep_dir(tmp_path_factory) -> Path:
             "-m",
             "clipforge.cli.train",
             "-m",
-            "experiment=demo_clip",
+            "experiment=clip_demo",
             "debug=tiny_clip",
             "model/loss=clip,siglip",
             f"hydra.sweep.dir={out / 'multirun'}",
@@ -111,7 +111,7 @@ def test_notebook_runs_on_the_sweep(sweep_dir):
         # a group override with "/" swept against seeds: the group is the axis, seeds are the error bars
         (
             [
-                ["experiment=llm2clip_demo", f"ablation/llm2clip={a}", f"seed={s}"]
+                ["experiment=llm2clip_s2_demo", f"ablation/llm2clip={a}", f"seed={s}"]
                 for a in ("none", "no_adapter")
                 for s in (0, 1)
             ],
@@ -125,7 +125,7 @@ def test_notebook_runs_on_the_sweep(sweep_dir):
             ["0", "1", "2"],
         ),
         # nothing swept (one job per override set): one bar per job
-        ([["experiment=demo_clip"]], "job", ["0"]),
+        ([["experiment=clip_demo"]], "job", ["0"]),
     ],
 )
 def test_notebook_plots_the_swept_key(tmp_path, jobs, axis, groups):
@@ -140,7 +140,7 @@ def test_swept_keys_are_the_varying_overrides_in_command_line_order(tmp_path):
     from clipforge.utils.runs import load_sweep, swept_keys
 
     jobs = [
-        ["experiment=demo_clip", f"model/loss={loss}", f"+seed={s}"]
+        ["experiment=clip_demo", f"model/loss={loss}", f"+seed={s}"]
         for loss in ("clip", "siglip")
         for s in (0, 1)
     ]

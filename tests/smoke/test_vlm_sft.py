@@ -26,7 +26,7 @@ def _optimizer(lr: float):
 
 def _datamodule(limit: int = 4) -> ImageTextDataModule:
     return ImageTextDataModule(
-        train={"path": "synthetic", "limit": limit}, batch_size=4, caption_sampling="first"
+        train={"path": "synthetic", "limit": limit}, batch_size=4, caption_policy={"sampling": "first"}
     )
 
 
@@ -126,7 +126,7 @@ def test_export_holds_the_best_checkpoint_not_the_last_weights(tmp_path):
         train={"path": "synthetic", "limit": 4},
         val={"path": "synthetic", "limit": 4},
         batch_size=4,
-        caption_sampling="first",
+        caption_policy={"sampling": "first"},
     )
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=str(tmp_path / "ckpt"), monitor="val/lm_loss", mode="max", save_top_k=-1, save_last=True
@@ -151,7 +151,9 @@ def test_validation_targets_are_the_same_every_epoch(tmp_path):
     torch.manual_seed(0)
     formatter = AITQEFormatter(neg_prob=0.5)
     module = VLMSFTModule(tiny_spec(), _optimizer(1e-2), formatter=formatter, export_subdir=None)
-    dm = ImageTextDataModule(val={"path": "synthetic", "limit": 8}, batch_size=4, caption_sampling="first")
+    dm = ImageTextDataModule(
+        val={"path": "synthetic", "limit": 8}, batch_size=4, caption_policy={"sampling": "first"}
+    )
     trainer = _trainer(tmp_path, limit_val_batches=1.0)
     first, second = (
         trainer.validate(module, datamodule=dm, verbose=False)[0]["val/lm_loss"] for _ in range(2)

@@ -164,7 +164,12 @@ def test_clip_trains_with_each_sampling_mode(sampling, tmp_path):
     from clipforge.utils.hydra import compose
 
     cfg = compose(
-        ["experiment=demo_clip", "debug=tiny_clip", f"data.caption_sampling={sampling}", "data/shear=words"],
+        [
+            "experiment=clip_demo",
+            "debug=tiny_clip",
+            f"data.caption_policy.sampling={sampling}",
+            "data/shear=words",
+        ],
         output_dir=str(tmp_path),
     )
     metrics, objects = train(cfg)

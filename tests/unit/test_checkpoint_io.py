@@ -39,6 +39,6 @@ def test_trainer_of_every_config_uses_it(tmp_path):
 
     from clipforge.utils.hydra import compose
 
-    cfg = compose(["experiment=demo_clip", "debug=tiny_clip"], output_dir=str(tmp_path))
+    cfg = compose(["experiment=clip_demo", "debug=tiny_clip"], output_dir=str(tmp_path))
     trainer = instantiate(cfg.trainer, _convert_="all")
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)

@@ -87,14 +87,14 @@ def _captions_by_epoch(dm: ImageTextDataModule, epochs: int) -> list[dict]:
 def test_random_one_changes_across_epochs_and_repeats_across_runs():
     runs = []
     for _ in range(2):
-        dm = _dm(num_workers=2, caption_sampling="random_one", seed=5, drop_last=False)
+        dm = _dm(num_workers=2, caption_policy={"sampling": "random_one"}, seed=5, drop_last=False)
         dm.connect(tokenizer=CharTokenizer())
         dm.setup("fit")
         runs.append(_captions_by_epoch(dm, 2))
     assert runs[0] == runs[1]  # same seed -> identical, with persistent worker processes
     epoch0, epoch1 = runs[0]
     assert epoch0.keys() == epoch1.keys() and epoch0 != epoch1
-    other = _dm(caption_sampling="random_one", seed=6, drop_last=False)
+    other = _dm(caption_policy={"sampling": "random_one"}, seed=6, drop_last=False)
     other.setup("fit")
     assert _captions_by_epoch(other, 1)[0] != epoch0
 

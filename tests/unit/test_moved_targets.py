@@ -47,7 +47,7 @@ def test_every_moved_class_resolves_at_its_new_path_and_not_at_its_old_one():
 @pytest.fixture(scope="module")
 def tiny_clip_cfg(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    cfg = job_config(compose(["experiment=demo_clip", "debug=tiny_clip"], output_dir=str(out)))
+    cfg = job_config(compose(["experiment=clip_demo", "debug=tiny_clip"], output_dir=str(out)))
     assert cfg.model._target_ == NEW_CLIP
     return cfg
 

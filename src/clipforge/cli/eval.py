@@ -1,6 +1,6 @@
 """``clipforge eval``: evaluate a checkpoint on any dataset the data layer reads.
 
-    clipforge eval experiment=demo_clip ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt \\
+    clipforge eval experiment=clip_demo ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt \\
         data.val.path=coco_val.json data.val.image_root=images/
 
 Caption retrieval accuracy of a text encoder is ``clipforge cra`` (:mod:`clipforge.cli.cra`).

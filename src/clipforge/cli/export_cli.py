@@ -1,6 +1,6 @@
 """``clipforge export-cli``: write the LightningCLI YAML of a Hydra composition, so one config tree serves both.
 
-clipforge export-cli experiment=demo_clip trainer.max_epochs=2 -o run.cli.yaml [--config-name train]
+clipforge export-cli experiment=clip_demo trainer.max_epochs=2 -o run.cli.yaml [--config-name train]
 
 Mapping (the Hydra tree in ``conf/`` is the only hand-written config; the LightningCLI YAML is generated from it,
 README "Sweeps, Lightning CLI, notebooks"): ``{_target_: X, a: 1}`` -> ``{class_path: X, init_args: {a: 1}}``

@@ -1,6 +1,6 @@
 """``clipforge generate``: predict-style jobs (captioning, scoring, embedding caches), resumable.
 
-clipforge generate experiment=demo_clip ckpt_path=<run>/checkpoints/last.ckpt data.predict.path=coco.json
+clipforge generate experiment=clip_demo ckpt_path=<run>/checkpoints/last.ckpt data.predict.path=coco.json
 """
 
 from __future__ import annotations

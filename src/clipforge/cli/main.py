@@ -1,7 +1,7 @@
 """``clipforge <command> ...``: one command for every entry point.
 
     clipforge --help                                  # the commands
-    clipforge train experiment=demo_clip trainer.max_epochs=2
+    clipforge train experiment=clip_demo trainer.max_epochs=2
     clipforge train --help                            # Hydra's own help: config groups, --cfg job, -m ...
     clipforge cra --encoder <run>/encoder --data captions.json --val_fraction 0.2
 

@@ -1,7 +1,7 @@
 """``clipforge train``: fit a LightningModule on a datamodule, then evaluate the best checkpoint.
 
-clipforge train                                   # experiment=demo_clip on the embedded demo photos
-clipforge train experiment=demo_clip data.train.path=coco.json data.train.image_root=images/
+clipforge train                                   # experiment=clip_demo on the embedded demo photos
+clipforge train experiment=clip_demo data.train.path=coco.json data.train.image_root=images/
 clipforge train -m 'model/loss=clip,siglip' seed=0,1
 """
 

@@ -179,15 +179,17 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("data.max_caption_chars", POSITIVE_INT),
     ("data.max_image_pixels", POSITIVE_INT),
     ("data.block_size", POSITIVE_INT),
-    ("data.caption_sampling", choice(CAPTION_SAMPLING)),
-    ("data.rewrite_ratio", optional(PROBABILITY)),
-    ("data.remove_ratio", FRACTION),
-    ("data.captions_per_image", POSITIVE_INT),
     ("data.pin_memory", BOOL),
     ("data.persistent_workers", BOOL),
     ("data.drop_last", BOOL),
-    ("data.shear.unit", choice(SHEAR_UNITS)),
-    ("data.shear.min_len", NON_NEGATIVE_INT),
+    ("data.caption_policy.sampling", choice(CAPTION_SAMPLING)),
+    ("data.caption_policy.rewrite_ratio", optional(PROBABILITY)),
+    ("data.caption_policy.remove_ratio", FRACTION),
+    ("data.caption_policy.captions_per_image", POSITIVE_INT),
+    ("data.caption_policy.source_weights.*", NON_NEGATIVE),
+    ("data.caption_policy.shear.unit", choice(SHEAR_UNITS)),
+    ("data.caption_policy.shear.min_len", NON_NEGATIVE_INT),
+    ("data.caption_policy.shear.fixed_len", POSITIVE_INT),
     ("data.*.format", choice(DATA_FORMATS)),
     ("data.*.split", choice((None, "train", "val"))),
     ("data.*.val_fraction", PROBABILITY),
@@ -251,6 +253,31 @@ RULES: tuple[tuple[str, Rule], ...] = (
 )
 """``(key pattern, rule)``; every rule whose pattern matches a key must accept its value."""
 
+RENAMED: dict[str, str] = {
+    "data.caption_sampling": "data.caption_policy.sampling",
+    "data.caption_sources": "data.caption_policy.sources",
+    "data.caption_source_weights": "data.caption_policy.source_weights",
+    "data.eval_caption_sources": "data.caption_policy.eval_sources",
+    "data.rewrite_ratio": "data.caption_policy.rewrite_ratio",
+    "data.remove_ratio": "data.caption_policy.remove_ratio",
+    "data.captions_per_image": "data.caption_policy.captions_per_image",
+    "data.shear": "data.caption_policy.shear",
+    "aitqe": "enhance",  # enhance's own keys (enhance.train.*, enhance.apply.*): one slug per stage
+}
+"""Old key -> new key (a key under an old one moves with it). A config that still sets an old key (an own
+experiment file, a ``+key=`` override) fails with one line naming the new key instead of reaching a constructor
+that no longer takes it."""
+
+RENAMED_CONFIGS: dict[str, str] = {
+    "experiment=demo_clip": "experiment=clip_demo",
+    "experiment=enhance_demo_train": "experiment=enhance_train_demo",
+    "experiment=llm2clip_demo": "experiment=llm2clip_s2_demo",
+    "debug=tiny_enhance_demo_train": "debug=tiny_enhance_train_demo",
+    "debug=tiny_llm2clip_demo": "debug=tiny_llm2clip_s2_demo",
+}
+"""Old config choice -> new one (experiments are named ``<stage>_<what>``). The old name is a stub file that sets
+only ``renamed: <old choice>``, so composing it stops at validation with one line naming the new choice."""
+
 STAGE_SPLITS = {"train": ("train", "val", "test"), "evaluate": ("val", "test"), "generate": ("predict",)}
 """The data splits each entry point's task reads (``evaluate`` reads ``test`` if set, else ``val`` / held-out)."""
 
@@ -291,6 +318,29 @@ def _job(cfg: DictConfig) -> dict:
         raise ConfigValueError(f"{e.full_key or 'config'}: cannot resolve: {message}") from None
 
 
+def renamed(key: str, table: Mapping[str, str] = RENAMED) -> str | None:
+    """The new name of ``key`` when it is, or lies under, a renamed key of ``table``; else ``None``."""
+    for old, new in table.items():
+        if key == old or key.startswith((old + ".", old + "[")):
+            return new + key[len(old) :]
+    return None
+
+
+def check_renamed_configs(job: Mapping) -> None:
+    """Raise :class:`ConfigValueError` when the job composed a renamed config's stub (its ``renamed`` key).
+
+    Raises:
+        ConfigValueError: ``<old choice>: renamed; use <new choice>`` (``experiment=demo_clip: renamed; use
+            experiment=clip_demo``).
+    """
+    old = job.get("renamed")
+    if old is not None:
+        new = RENAMED_CONFIGS.get(str(old))
+        raise ConfigValueError(
+            f"{old}: renamed; use {new}" if new else f"{old}: renamed (README, Config names)"
+        )
+
+
 def check_values(job: Mapping, rules: Sequence[tuple[str, Rule]] = RULES, missing_ok: bool = False) -> None:
     """Raise :class:`ConfigValueError` for the first value (in config order) that a matching rule rejects.
 
@@ -300,11 +350,15 @@ def check_values(job: Mapping, rules: Sequence[tuple[str, Rule]] = RULES, missin
         missing_ok: skip required values left unset (``???``: a config checked before the user fills them in).
 
     Raises:
-        ConfigValueError: ``<key>=<value>: expected <what the rule accepts>``, or ``<key>=???: ...`` for a
-            required value left unset.
+        ConfigValueError: ``<key>=<value>: expected <what the rule accepts>``, ``<key>=???: ...`` for a
+            required value left unset, or ``<key>=<value>: renamed; use <new key>=<value>`` for a key of
+            :data:`RENAMED`.
     """
     for path, value in _leaves(job):
         key = _dotted(path)
+        new = renamed(key)
+        if new is not None:
+            raise ConfigValueError(f"{key}={_show(value)}: renamed; use {new}={_show(value)}")
         if value == MISSING:
             if missing_ok:
                 continue
@@ -411,6 +465,7 @@ def validate_config(cfg: DictConfig, stage: str | None = None) -> None:
         DataConfigError: a data source the stage reads does not exist.
     """
     job = _job(cfg)
+    check_renamed_configs(job)
     check_values(job)
     check_loggers(job)
     if stage is not None:

@@ -11,15 +11,15 @@ from collections.abc import Callable, Mapping
 import lightning as L
 from torch.utils.data import DataLoader
 
+from clipforge.data.caption_policy import CaptionPolicy, as_caption_policy
 from clipforge.data.collate import ImageTextCollator, Tokenizer
-from clipforge.data.dataset import CAPTION_SAMPLING, ImageTextDataset
+from clipforge.data.dataset import ImageTextDataset
 from clipforge.data.embeddings import join_text_embeddings
 from clipforge.data.errors import DataConfigError
 from clipforge.data.images import DEFAULT_MAX_PIXELS
 from clipforge.data.readers import read_source, select
 from clipforge.data.records import ErrorRecord
 from clipforge.data.sampler import EpochSampler, Shard, ShardSampler
-from clipforge.data.shear import Shear
 from clipforge.data.specs import DatasetSpec, as_spec, as_spec_list, as_spec_or_list, is_empty_slot
 
 log = logging.getLogger("clipforge.data")
@@ -46,7 +46,9 @@ class ImageTextDataModule(L.LightningDataModule):
     sampled caption per image (shuffled, ``drop_last``); val/test/predict batches carry every caption
     (``captions`` + ``caption_image_index``) in order and keep the last partial batch. The caption-sampling epoch
     reaches the workers through :class:`~clipforge.data.sampler.EpochSampler`, which Lightning ``set_epoch``-s
-    every epoch. Index-time errors are kept in ``index_errors`` (and per split in ``index_errors_by_split``).
+    every epoch. Which captions train and evaluate (sampling mode, sources, shearing, the rewriting / removal
+    ratios) is the :class:`~clipforge.data.caption_policy.CaptionPolicy` ``caption_policy``. Index-time errors are
+    kept in ``index_errors`` (and per split in ``index_errors_by_split``).
 
     Args:
         train: training source.
@@ -56,7 +58,8 @@ class ImageTextDataModule(L.LightningDataModule):
         batch_size: GLOBAL training batch size; per device = ``batch_size // world_size``.
         eval_batch_size: global evaluation batch size (default ``batch_size``; rounded up per device).
         num_workers: dataloader worker processes.
-        caption_sampling: ``random_one`` (a new caption of the image each epoch) or ``first``.
+        caption_policy: which captions train and evaluate (a
+            :class:`~clipforge.data.caption_policy.CaptionPolicy` or its fields); ``None`` = its defaults.
         max_caption_chars: longer captions are dropped (``caption_too_long``).
         max_image_pixels: larger images are errors (``too_many_pixels``).
         seed: seed of shuffling and caption sampling.
@@ -65,15 +68,9 @@ class ImageTextDataModule(L.LightningDataModule):
         drop_last: drop the last incomplete training batch (kept anyway when the set is smaller than one batch).
         holdout_fraction: when ``val`` is empty, hold out this fraction of ``train`` keys as validation set.
         predict_shard_rows: rows per input shard of ``predict`` (the unit a generation job writes and resumes).
-        caption_sources: training caption sources (``raw`` and captioner / column names; see
-            :attr:`~clipforge.data.records.Record.sources`); ``None`` = all.
-        caption_source_weights: ``random_one`` weight per source (``{raw: 0.5, dense: 0.5}``: LLM2CLIP's dense
-            ratio); ``None`` = uniform over a record's captions.
-        eval_caption_sources: caption sources of val/test sets (``[raw]``: human captions); ``None`` = all.
-        shear: text shearing of extended training captions (:class:`~clipforge.data.shear.Shear` or its dict).
-        rewrite_ratio: fraction of training images that get only extended captions (the rest only raw ones).
-        remove_ratio: fraction of training images left out.
-        captions_per_image: captions per image with ``caption_sampling=multi_positive``.
+
+    Raises:
+        ValueError: a count that is not a positive integer, or a caption policy field ``CaptionPolicy`` rejects.
     """
 
     def __init__(
@@ -85,7 +82,7 @@ class ImageTextDataModule(L.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
-        caption_sampling: str = "random_one",
+        caption_policy: CaptionPolicy | Mapping | None = None,
         max_caption_chars: int = 2000,
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
         seed: int = 0,
@@ -94,28 +91,15 @@ class ImageTextDataModule(L.LightningDataModule):
         drop_last: bool = True,
         holdout_fraction: float = 0.0,
         predict_shard_rows: int = 1000,
-        caption_sources: list[str] | None = None,
-        caption_source_weights: dict[str, float] | None = None,
-        eval_caption_sources: list[str] | None = None,
-        shear: Shear | Mapping | None = None,
-        rewrite_ratio: float | None = None,
-        remove_ratio: float = 0.0,
-        captions_per_image: int = 2,
     ) -> None:
         super().__init__()
-        if caption_sampling not in CAPTION_SAMPLING:
-            raise ValueError(f"caption_sampling={caption_sampling!r} is not one of {CAPTION_SAMPLING}")
         for name, count in (("batch_size", batch_size), ("predict_shard_rows", predict_shard_rows)):
             if (
                 isinstance(count, bool) or not isinstance(count, int) or count < 1
             ):  # 0 / -3 rows: an empty plan
                 raise ValueError(f"{name}={count} must be a positive integer")
-        for name, ratio in (("rewrite_ratio", rewrite_ratio), ("remove_ratio", remove_ratio)):
-            if ratio is not None and not 0.0 <= ratio <= 1.0:
-                raise ValueError(f"{name}={ratio} must be in [0, 1]")
-        if isinstance(shear, Mapping):
-            shear = Shear(**shear)
         # normalised before save_hyperparameters, so Hydra (dicts) and jsonargparse (dataclasses) save the same
+        caption_policy = as_caption_policy(caption_policy)
         train, val, test, predict = (
             as_spec(train),
             as_spec_or_list(val),
@@ -125,7 +109,7 @@ class ImageTextDataModule(L.LightningDataModule):
         self.save_hyperparameters(logger=False)
         self.specs = {k: as_spec_list(v) for k, v in zip(SPLITS, (train, val, test, predict))}
         self.tokenizer: Tokenizer | None = None
-        self.shear: Shear | None = shear
+        self.caption_policy: CaptionPolicy = caption_policy
         self.transforms: dict[bool, Callable | None] = {True: None, False: None}
         self._connected = False
         self.datasets: dict[str, list[ImageTextDataset]] = {}
@@ -151,8 +135,9 @@ class ImageTextDataModule(L.LightningDataModule):
             eval_image_transform: evaluation / prediction transform.
         """
         self.tokenizer, self._connected = tokenizer, True
-        if self.shear is not None and self.shear.tokenizer == "model":
-            self.shear.bind(tokenizer)
+        shear = self.caption_policy.shear
+        if shear is not None and shear.tokenizer == "model":
+            shear.bind(tokenizer)
         self.transforms = {True: image_transform, False: eval_image_transform or image_transform}
         for split, datasets in self.datasets.items():
             for ds in datasets:
@@ -160,8 +145,9 @@ class ImageTextDataModule(L.LightningDataModule):
 
     def _bind_model(self) -> None:
         module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
-        if self.shear is not None and self.shear.tokenizer == "model":
-            self.shear.bind(self.tokenizer if self._connected else getattr(module, "tokenizer", None))
+        shear = self.caption_policy.shear
+        if shear is not None and shear.tokenizer == "model":
+            shear.bind(self.tokenizer if self._connected else getattr(module, "tokenizer", None))
         if self._connected or module is None:
             return
         self.tokenizer = getattr(module, "tokenizer", None)
@@ -210,31 +196,26 @@ class ImageTextDataModule(L.LightningDataModule):
 
     def _build(self, split: str, index: int, spec: DatasetSpec, many: bool) -> ImageTextDataset:
         where, hp, train = f"data.{split}" + (f"[{index}]" if many else ""), self.hparams, split == "train"
+        policy = self.caption_policy
         records, errors = self._read(spec, where, require_captions=split != "predict")
         embeddings = None
         if spec.text_embeddings:
-            if train and self.shear is not None and self.shear.unit != "none":
+            if train and policy.shear is not None and policy.shear.unit != "none":
                 raise DataConfigError(
                     f"{where}.text_embeddings: cached embeddings are of the stored captions; shear them offline "
-                    "(a sheared column) instead of data.shear"
+                    "(a sheared column) instead of data.caption_policy.shear"
                 )
             records, more, embeddings = join_text_embeddings(records, spec.text_embeddings)
             errors = errors + more
         options = dict(all_captions=not train, text_only=spec.text_only, max_image_pixels=hp.max_image_pixels)
         if train:
-            options.update(
-                caption_sources=hp.caption_sources,
-                source_weights=hp.caption_source_weights,
-                shear=self.shear,
-                rewrite_ratio=hp.rewrite_ratio,
-                remove_ratio=hp.remove_ratio,
-                captions_per_image=hp.captions_per_image,
-            )
-        elif split != "predict":
-            options.update(caption_sources=hp.eval_caption_sources)
-        sampling = hp.caption_sampling if train else "first"
+            options.update(policy.dataset_options())
+        else:
+            options["caption_sampling"] = "first"
+            if split != "predict":
+                options["caption_sources"] = policy.eval_sources
         dataset = ImageTextDataset(
-            records, self.transforms[train], sampling, hp.seed, text_embeddings=embeddings, **options
+            records, self.transforms[train], seed=hp.seed, text_embeddings=embeddings, **options
         )
         errors = errors + [ErrorRecord(k, "no_caption_of_sources", where) for k in dataset.dropped]
         counts = collections.Counter(e.reason for e in errors).most_common(5)
@@ -300,7 +281,7 @@ class ImageTextDataModule(L.LightningDataModule):
             batch_size=bs,
             sampler=sampler,
             drop_last=drop_last,
-            **self._loader_args(self.hparams.caption_sampling == "multi_positive"),
+            **self._loader_args(self.caption_policy.sampling == "multi_positive"),
         )
 
     def _eval_loaders(self, split: str) -> DataLoader | list[DataLoader]:

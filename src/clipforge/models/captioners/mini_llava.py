@@ -26,8 +26,9 @@ class VLMCaptioner(BatchedCaptioner):
 
     Args:
         path: the model folder (e.g. ``<train run>/mini_llava``).
-        spec: build the model from a ``VLMSpec`` instead of a folder: pretrained towers with an untrained
-            projector (the no-alignment baseline), or random tiny parts for smoke runs. Give ``path`` or ``spec``.
+        spec: build the model from a ``VLMSpec`` when no ``path`` is given: pretrained towers with an untrained
+            projector (the no-alignment baseline), or random tiny parts for smoke runs (a tiny overlay's spec
+            gives way to a folder given on top of it).
         name: column name of this captioner's captions.
         prompt: prompt template with the model's image placeholder; ``{caption}`` becomes the raw caption. The
             default is the prompt the caption SFT trains with.
@@ -52,8 +53,10 @@ class VLMCaptioner(BatchedCaptioner):
         batch_size: int = 16,
         dtype: str | None = None,
     ) -> None:
-        if (path is None) == (spec is None):
-            raise ValueError(f"{name}: give exactly one of path (a saved VLM folder) and spec")
+        if path is None and spec is None:
+            raise ValueError(f"{name}: give path (a saved VLM folder) or spec (the model to build)")
+        if path is not None:
+            spec = None  # a folder given on top of a spec (a debug overlay's) is the model
         super().__init__(name, path or repr(spec), prompt_id, decoding, postprocess, num_captions, batch_size)
         self.path, self.spec, self.prompt, self.dtype = path, spec, prompt, dtype
 

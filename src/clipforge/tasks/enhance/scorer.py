@@ -49,7 +49,8 @@ class EnhanceScoreModule(L.LightningModule):
     Args:
         model_path: folder of an AITQE-format checkpoint (``VisionLanguageModel.save_pretrained``, or the
             released ``HymanH/AITQE``).
-        spec: build the model from this spec instead (random init unless its parts load weights; smoke tests).
+        spec: build the model from this spec when no ``model_path`` is given (random init unless its parts load
+            weights; smoke tests; a tiny overlay's spec gives way to a folder given on top of it).
         output_all: generate the full answer (explanations, aspect scores) instead of stopping at ``<Overall>``.
         max_new_tokens: generation limit (official: 384).
         chunk_size: pairs per decoding batch (``None`` = all pairs of a batch at once).
@@ -84,8 +85,10 @@ class EnhanceScoreModule(L.LightningModule):
         attn_implementation: str | None = None,
     ) -> None:
         super().__init__()
-        if (model_path is None) == (spec is None):
-            raise ValueError("EnhanceScoreModule needs exactly one of model_path and spec")
+        if model_path is None and spec is None:
+            raise ValueError("EnhanceScoreModule needs model_path (an AITQE-format folder) or spec")
+        if model_path is not None:
+            spec = None  # a folder given on top of a spec (a debug overlay's) is the model; hparams record so
         policy = as_policy(policy)
         self.save_hyperparameters(logger=False)
         self.spec = spec
