@@ -1,6 +1,7 @@
 """Every experiment, tiny overlay, ablation and pipeline-preset job composes to the values in
 ``golden_configs.json`` (written by ``python -m tests.helpers.config_snapshot`` from the tree before its last
-reorganisation), once the names and keys renamed on purpose are mapped to their new ones."""
+reorganisation), once the names and keys renamed on purpose are mapped to their new ones and the classes that
+moved to their new paths."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from clipforge.utils.validate import RENAMED_CONFIGS, renamed
+from clipforge.cli.validate import RENAMED_CONFIGS, renamed
+from clipforge.utils.moved import upgrade_targets
 from tests.helpers.config_snapshot import CONF, load, preset_jobs, resolve_case
 from tests.helpers.configs import configs, sweep_rows
 
@@ -53,6 +55,13 @@ before they inherited it; a generation job never fits, and predicts in batches o
 every image generation overlay sets; llm2clip_embed_demo's overlay had these values already)."""
 
 
+MODEL_SUMMARY = {
+    "callbacks.model_summary._target_": "clipforge.callbacks.summary.ModelSummary",
+    "callbacks.model_summary.max_depth": 1,
+}
+"""``conf/callbacks/model_summary.yaml``, added to the default callbacks (the summary without an empty FLOPs column)."""
+
+
 def new_overrides(old: list[str]) -> list[str]:
     out: list[str] = []
     for o in old:
@@ -65,9 +74,22 @@ def new_key(key: str) -> str:
     return renamed(key) or key
 
 
+def new_value(key: str, value: Any) -> Any:
+    """A ``_target_`` / ``class_path`` value names the class where it lives now (``clipforge.utils.moved``)."""
+    if key.rsplit(".", 1)[-1] in ("_target_", "class_path") and isinstance(value, str):
+        return upgrade_targets({"_target_": value})["_target_"]
+    return value
+
+
 def expected(config: dict[str, Any], tiny: bool) -> dict[str, Any]:
     """The golden ``config`` under the new names, with the deliberate changes of a ``tiny`` overlay applied."""
-    out = {new_key(k): v for k, v in config.items()}
+    out = {new_key(k): new_value(k, v) for k, v in config.items()}
+    if out.get("callbacks.zero_shot.name") == "demo":  # named for what it classifies: the embedded photos
+        out["callbacks.zero_shot.name"] = "embedded_photos"
+    if (
+        "callbacks.param_report._target_" in out
+    ):  # callbacks/default.yaml now also holds the quieter model summary
+        out.update(MODEL_SUMMARY)
     if tiny and out.get("task_name") == "generate":
         out.update(TINY_BASE_TRAINING)
     return out
@@ -144,8 +166,8 @@ def test_every_replaced_ablation_file_is_a_row_of_a_sweep():
 
 @pytest.mark.parametrize("old", sorted(RENAMED_CONFIGS))
 def test_a_renamed_config_stops_with_one_line_naming_the_new_one(old, tmp_path):
+    from clipforge.cli.validate import ConfigValueError, validate_config
     from clipforge.utils.hydra import compose
-    from clipforge.utils.validate import ConfigValueError, validate_config
 
     with pytest.raises(ConfigValueError) as info:
         validate_config(compose([old], "train", output_dir=str(tmp_path)), "train")

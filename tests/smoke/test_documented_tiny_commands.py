@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from clipforge.cli.validate import validate_config
 from clipforge.utils.hydra import compose
-from clipforge.utils.validate import validate_config
 from tests.helpers.tiny_enhance import save_tiny_aitqe
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ moves, :func:`upgrade_targets` rewrites the old paths to the current ones before
 (:func:`clipforge.utils.runs.load_run`, :func:`clipforge.utils.checkpoint.load_checkpoint`), and the pipeline
 hashes a job with every class under its first name (:func:`first_targets`), so a move does not make a resumed
 pipeline empty and rerun a finished job. Not covered: a run's ``run.cli.yaml`` (regenerate it with
-``clipforge-export-cli``) and checkpoints that hold pickled objects (the ``trust_checkpoint`` opt-in), whose
+``clipforge export-cli``) and checkpoints that hold pickled objects (the ``trust_checkpoint`` opt-in), whose
 pickles name the module the class had when it was written.
 """
 
