@@ -16,9 +16,10 @@ small ones of ours, with the released key names, so the Hugging Face folder of `
 * media locations: every forward of the language model recomputes ``input_ids == <image> id`` from the ids it is
   given (``OtterLMMixin.forward``); a text position attends to the latents of the last ``<image>`` at or before it,
   positions before any ``<image>`` get no cross-attention. As in the official code this also holds during cached
-  generation, where each step sees only its new token: new tokens then get no cross-attention. The released MPT
-  config has ``use_cache: false``, so the official ``generate`` recomputes the whole sequence each step and new
-  tokens do attend to the image; ``use_cache`` (preset key, ``null`` = the checkpoint's) reproduces either.
+  generation, where each step sees only its new token: new tokens then get no cross-attention. The MPT-7B Otter
+  config of the Otter repository (``utils/Otter-MPT7B-config.json``) has ``use_cache: false``, which the official
+  ``generate`` inherits, so it recomputes the whole sequence each step and new tokens do attend to the image;
+  ``use_cache`` (preset key, ``null`` = the checkpoint's ``text_config.use_cache``) reproduces either.
 
 Seed settings (``Otter.py``, batch path): tokenizer ``mosaicml/mpt-7b-instruct`` plus the special tokens
 ``<|endofchunk|>``, ``<image>``, ``<answer>`` and ``<PAD>`` (as the model class adds them), left padding, prompt
