@@ -124,7 +124,10 @@ def test_several_captioners_over_one_dataset(photos, tmp_path):
             f"model.captioners.qwen_vl.name_or_path={qwen}",
             "model.captioners.qwen_vl.trust_remote_code=true",
             "+model/mllm@model.captioners.minigpt4=tiny_minigpt4",
-            *[f"model.captioners.minigpt4.{k}={minigpt4[k]}" for k in ("llm", "eva_vit", "qformer", "checkpoint")],
+            *[
+                f"model.captioners.minigpt4.{k}={minigpt4[k]}"
+                for k in ("llm", "eva_vit", "qformer", "checkpoint")
+            ],
             "+model/mllm@model.captioners.otter=tiny_otter",
             f"model.captioners.otter.name_or_path={otter['path']}",
             f"model.captioners.otter.tokenizer={otter['tokenizer']}",
