@@ -1,5 +1,6 @@
-"""``clipforge-generate`` with the recap caption generator end to end: the experiment's tiny overlay (no model
-files), several tiny VLM presets over one dataset with a broken image, the LightningCLI round trip, and (slow) the
+"""``clipforge generate`` with the recap caption generator end to end: the experiment's tiny overlay (no model
+files), several tiny VLM presets (LLaVA-1.5, Qwen2-VL, Qwen-VL, MiniGPT-4 and Otter from their release layouts) over
+one dataset with a broken image, the LightningCLI round trip, and (slow) the
 real label-conditioned LLM on two coco-dev photos."""
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from clipforge.cli.generate import generate
 from clipforge.data.shards import read_shards
 from clipforge.data.shear import Shear
 from clipforge.utils.hydra import compose
+from tests.helpers.minigpt4_reference import save_official_minigpt4
+from tests.helpers.otter_reference import save_official_otter
 from tests.helpers.tiny_vlms import (
     save_tiny_chat_llama,
     save_tiny_llava,
@@ -100,6 +103,8 @@ def test_several_captioners_over_one_dataset(photos, tmp_path):
         save_tiny_qwen_vl_remote(models / "qwen_vl"),
     )
     chat = save_tiny_chat_llama(models / "chat")
+    minigpt4 = save_official_minigpt4(models / "minigpt4")  # the official release files
+    otter = save_official_otter(models / "otter")  # the released Hugging Face layout + its tokenizer folder
     out = tmp_path / "run"
     cfg = compose(
         [
@@ -118,6 +123,14 @@ def test_several_captioners_over_one_dataset(photos, tmp_path):
             "+model/mllm@model.captioners.qwen_vl=tiny_qwen_vl",
             f"model.captioners.qwen_vl.name_or_path={qwen}",
             "model.captioners.qwen_vl.trust_remote_code=true",
+            "+model/mllm@model.captioners.minigpt4=tiny_minigpt4",
+            *[
+                f"model.captioners.minigpt4.{k}={minigpt4[k]}"
+                for k in ("llm", "eva_vit", "qformer", "checkpoint")
+            ],
+            "+model/mllm@model.captioners.otter=tiny_otter",
+            f"model.captioners.otter.name_or_path={otter['path']}",
+            f"model.captioners.otter.tokenizer={otter['tokenizer']}",
         ],
         "generate",
         output_dir=str(out),
@@ -128,7 +141,7 @@ def test_several_captioners_over_one_dataset(photos, tmp_path):
     assert len(rows) == 6 and all(r["image"] == str(photos / f"{r['key']}.png") for r in rows)
     errors = _lines(out / "errors.jsonl")
     assert [e["key"] for e in errors] == ["p2"]
-    slots = ["label_llm", "llava_1_5_0", "llava_1_5_1", "qwen2_vl", "qwen_vl"]
+    slots = ["label_llm", "llava_1_5_0", "llava_1_5_1", "qwen2_vl", "qwen_vl", "minigpt4", "otter"]
     for r in rows:
         assert {f"{s}{c}" for s in slots for c in SLOT_COLUMNS} <= set(r)
     summary = json.loads((out / "summary.json").read_text())

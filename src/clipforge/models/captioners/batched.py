@@ -70,7 +70,7 @@ class BatchedCaptioner(abc.ABC):
         self.name, self.model_id, self.prompt_id = name, model_id, prompt_id
         self.decoding = as_decoding(decoding)
         self.postprocess = postprocess
-        self._post = postprocess_rule(postprocess)
+        self._post = self._postprocess_rule(postprocess)
         if num_captions < 1 or batch_size < 1:
             raise ValueError(f"{name}: num_captions and batch_size must be >= 1")
         if num_captions > 1 and not self.decoding.do_sample:
@@ -92,6 +92,19 @@ class BatchedCaptioner(abc.ABC):
     @abc.abstractmethod
     def _encode(self, images: Sequence[Image.Image], captions: Sequence[str]) -> tuple[dict, list[dict]]:
         """Left-padded ``generate`` inputs of these rows, and per-row extra provenance (``{}`` if none)."""
+
+    def _postprocess_rule(self, rule: str):
+        """The function ``text -> caption`` named ``rule`` (subclasses add their models' official rules)."""
+        return postprocess_rule(rule)
+
+    def _decode(self, sequences: torch.Tensor, prompt_length: int) -> tuple[list[str], list[str]]:
+        """``(decoded new tokens, captions)`` of ``generate``'s output rows (prompt + new tokens).
+
+        The default decodes the new tokens without special tokens and applies the post-processing rule; a model
+        whose official script cuts the decoded *whole* sequence (special tokens kept) overrides this.
+        """
+        texts = self.tokenizer.batch_decode(sequences[:, prompt_length:], skip_special_tokens=True)
+        return texts, [self._post(t) for t in texts]
 
     def _generate_kwargs(self) -> dict:
         """Keyword arguments of ``model.generate`` (the decoding's; subclasses add model-specific ones)."""
@@ -145,13 +158,14 @@ class BatchedCaptioner(abc.ABC):
         if sampler is not None:
             kwargs["logits_processor"] = [sampler]
         out = self.model.generate(**inputs, **kwargs, pad_token_id=self.tokenizer.pad_token_id)
-        new = out[:, inputs["input_ids"].shape[1] :].cpu()
-        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        counts = count_new_tokens(new, self._stop_ids())
+        out = out.cpu()
+        prompt_length = inputs["input_ids"].shape[1]
+        texts, cuts = self._decode(out, prompt_length)
+        counts = count_new_tokens(out[:, prompt_length:], self._stop_ids())
         params = self.decoding.to_dict()
         return [
             Generation(
-                text=self._post(text),
+                text=cut,
                 raw_text=text,
                 model_id=self.model_id,
                 prompt_id=self.prompt_id,
@@ -160,5 +174,5 @@ class BatchedCaptioner(abc.ABC):
                 else {**params, **extra},
                 num_tokens=n,
             )
-            for text, n, seed, extra in zip(texts, counts, seeds, extras)
+            for text, cut, n, seed, extra in zip(texts, cuts, counts, seeds, extras)
         ]
