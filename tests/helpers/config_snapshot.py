@@ -63,9 +63,9 @@ def resolve_case(primary: str, overrides: list[str], out: str = OUT) -> dict[str
 
 
 def _generates(experiment: str) -> bool:
-    """Whether an experiment is a ``clipforge-generate`` job (its header says so)."""
+    """Whether an experiment is a ``clipforge generate`` job (its header says so)."""
     text = (CONF / "experiment" / f"{experiment}.yaml").read_text()
-    return f"clipforge-generate experiment={experiment}" in text
+    return f"clipforge generate experiment={experiment}" in text
 
 
 def _tiny(experiment: str) -> str:

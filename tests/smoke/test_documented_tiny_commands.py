@@ -19,13 +19,13 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTED = {
     "recap": (
         "experiments/recap/README.md",
-        "clipforge-generate experiment=recap_mini_llava debug=tiny_recap_mini_llava "
+        "clipforge generate experiment=recap_mini_llava debug=tiny_recap_mini_llava "
         "model.captioners.mini_llava.path=<run>/mini_llava",
         "mini_llava",
     ),
     "enhance": (
         "experiments/enhance/README.md",
-        "clipforge-generate experiment=enhance_score_demo debug=tiny_enhance_score_demo model.model_path=<run>/aitqe",
+        "clipforge generate experiment=enhance_score_demo debug=tiny_enhance_score_demo model.model_path=<run>/aitqe",
         "aitqe",
     ),
 }
@@ -49,7 +49,7 @@ def test_tiny_overlay_with_a_saved_folder_runs_from_the_folder(stage, tmp_path):
     assert command in (ROOT / doc).read_text()  # the command form the README gives
     run = tmp_path / "run"
     folder = save_tiny_aitqe(run / folder_name)  # any VisionLanguageModel folder: the AITQE layout
-    overrides = shlex.split(command.replace("<run>", str(run)))[1:]
+    overrides = shlex.split(command.replace("<run>", str(run)))[2:]  # after "clipforge generate"
     cfg = compose(overrides, "generate", output_dir=str(tmp_path / "out"))
     validate_config(cfg, "generate")
     _, objects = generate(cfg)
