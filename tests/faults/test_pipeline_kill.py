@@ -28,9 +28,14 @@ def _state(run: Path) -> dict:
         return {}
 
 
+# one row per recap shard: after the first of eight shards the job has seven left, so the kill lands inside it
+# however late the poll below sees the first shard (with four-row shards a loaded machine saw the job finish)
+ONE_ROW_SHARDS = "pipeline.recap.overrides=['debug=tiny_recap_label_llm','data.predict_shard_rows=1']"
+
+
 def _run(source: Path, logs: Path) -> None:
     proc = subprocess.run(
-        pipeline_command(*tiny_overrides(source, logs)),
+        pipeline_command(*tiny_overrides(source, logs, ONE_ROW_SHARDS)),
         env=pipeline_env(),
         capture_output=True,
         text=True,
@@ -43,7 +48,7 @@ def _kill_when(source: Path, logs: Path, ready) -> None:
     """Start the pipeline and SIGKILL its process group as soon as ``ready(run_dir)`` holds."""
     run = logs / "pipeline" / "tiny"
     proc = subprocess.Popen(
-        pipeline_command(*tiny_overrides(source, logs)),
+        pipeline_command(*tiny_overrides(source, logs, ONE_ROW_SHARDS)),
         env=pipeline_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -73,7 +78,7 @@ def test_kill_9_in_generation_and_training_then_rerun_equals_uninterrupted(tmp_p
     logs = tmp_path / "killed"
     run = logs / "pipeline" / "tiny"
     recap_shards = run / "steps" / "recap" / "shards"
-    # 1: in the recap job, after its first of two output shards
+    # 1: in the recap job, after its first of eight output shards
     _kill_when(source, logs, lambda r: len(list(recap_shards.glob("shard-*.jsonl"))) >= 1)
     assert _state(run)["recap"]["status"] == "running"
     # 2: in a training arm, as soon as it starts
