@@ -27,7 +27,8 @@ the global CUDA generator.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import torch
 from PIL import Image
@@ -39,6 +40,7 @@ from clipforge.models.captioners.decoding import Decoding
 from clipforge.models.captioners.hf import render_prompt
 from clipforge.models.captioners.native import empty_init, load_strict
 from clipforge.models.convert.minigpt4 import ConvertedMiniGPT4, convert_minigpt4, load_converted
+from clipforge.models.vlm.causal_lm import generate_ids, input_embeddings
 
 __all__ = [
     "IMAGE_PLACEHOLDER",
@@ -93,10 +95,10 @@ class MiniGPT4Model(nn.Module):
         from transformers import Blip2QFormerConfig, Blip2QFormerModel, Blip2VisionConfig, Blip2VisionModel
 
         super().__init__()
-        hidden = language_model.get_input_embeddings().weight.shape[1]
+        hidden = input_embeddings(language_model).weight.shape[1]
         if converted.llm_hidden_size != hidden:
             raise ValueError(f"llama_proj outputs width {converted.llm_hidden_size}, the LLM's is {hidden}")
-        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        extra: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
         with empty_init(dtype):
             self.vision_model = Blip2VisionModel(Blip2VisionConfig(**converted.vision, **extra))
             self.qformer = Blip2QFormerModel(Blip2QFormerConfig(**converted.qformer, **extra))
@@ -132,7 +134,7 @@ class MiniGPT4Model(nn.Module):
             raise ValueError(
                 f"every row needs {self.num_query_tokens} image slots, got {slots.sum(1).tolist()}"
             )
-        embeds = self.language_model.get_input_embeddings()(input_ids.masked_fill(slots, 0))
+        embeds = input_embeddings(self.language_model)(input_ids.masked_fill(slots, 0))
         images = self.encode_images(pixel_values).to(embeds.dtype)
         return embeds.masked_scatter(slots[..., None], images)
 
@@ -145,7 +147,7 @@ class MiniGPT4Model(nn.Module):
         """``generate`` from the embeddings only (as the official ``Chat``: logits processors and ``min_length``
         see the generated tokens only); returns ``input_ids`` followed by the new tokens."""
         embeds = self.embed(input_ids, pixel_values)
-        new = self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+        new = generate_ids(self.language_model, inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
         return torch.cat([input_ids, new.to(input_ids.device)], dim=1)
 
 
@@ -210,7 +212,8 @@ class MiniGPT4Captioner(BatchedCaptioner):
             )
         if prompt.count(IMAGE_PLACEHOLDER) != 1:
             raise ValueError(f"{name}: the prompt needs exactly one {IMAGE_PLACEHOLDER}")
-        super().__init__(name, path or checkpoint, prompt_id, decoding, postprocess, num_captions, batch_size)
+        model_id = cast(str, path or checkpoint)  # checked above: one of them is given
+        super().__init__(name, model_id, prompt_id, decoding, postprocess, num_captions, batch_size)
         self.llm, self.eva_vit, self.qformer, self.checkpoint, self.path = (
             llm,
             eva_vit,
@@ -222,7 +225,7 @@ class MiniGPT4Captioner(BatchedCaptioner):
         self.image_size, self.vision_depth, self.vision_heads = image_size, vision_depth, vision_heads
         self.qformer_heads, self.attn_implementation = qformer_heads, attn_implementation
         resolve_dtype(dtype)
-        self.transform = None
+        self.transform: Callable[[Image.Image], Tensor] | None = None  # set by _load
 
     def _postprocess_rule(self, rule: str):
         return minigpt4_answer if rule == "minigpt4" else super()._postprocess_rule(rule)
@@ -236,17 +239,17 @@ class MiniGPT4Captioner(BatchedCaptioner):
             llm = self.llm or recorded
             if llm is None:
                 raise ValueError(f"{self.name}: {self.path} records no LLM folder; set llm")
-        else:
+        else:  # __init__: without a path, all three files and the LLM are given
             converted = convert_minigpt4(
-                resolve_asset(self.eva_vit).path,
-                resolve_asset(self.qformer).path,
-                resolve_asset(self.checkpoint).path,
+                resolve_asset(cast(str, self.eva_vit)).path,
+                resolve_asset(cast(str, self.qformer)).path,
+                resolve_asset(cast(str, self.checkpoint)).path,
                 image_size=self.image_size,
                 vision_depth=self.vision_depth,
                 vision_heads=self.vision_heads,
                 qformer_heads=self.qformer_heads,
             )
-            llm = self.llm
+            llm = cast(str, self.llm)
         dtype = resolve_dtype(self.dtype)
         llm_path = resolve_asset(llm).path
         tok = AutoTokenizer.from_pretrained(llm_path)
@@ -286,7 +289,9 @@ class MiniGPT4Captioner(BatchedCaptioner):
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-        pixels = torch.stack([self.transform(im.convert("RGB")) for im in images])
+        transform = self.transform
+        assert transform is not None  # generate() refuses to run before setup()
+        pixels = torch.stack([transform(im.convert("RGB")) for im in images])
         return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}, [{} for _ in rows]
 
     def _generate_kwargs(self) -> dict:

@@ -24,10 +24,7 @@ def empty_init(dtype: torch.dtype):
     """Modules built inside get parameters of ``dtype`` with uninitialised values (torch's and transformers'
     weight initialisation are skipped); buffers computed in ``__init__`` (rotary frequencies, position ids) are
     real. Every parameter must then be loaded."""
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # transformers 4.x
-        from transformers.modeling_utils import no_init_weights
+    from transformers.initialization import no_init_weights
 
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)

@@ -34,7 +34,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -45,6 +46,7 @@ from clipforge.models.captioners.batched import BatchedCaptioner, resolve_dtype
 from clipforge.models.captioners.decoding import Decoding
 from clipforge.models.captioners.hf import render_prompt
 from clipforge.models.captioners.native import empty_init
+from clipforge.models.vlm.causal_lm import generate_ids, input_embeddings
 
 log = logging.getLogger("clipforge.models")
 
@@ -306,7 +308,7 @@ class OtterModel(nn.Module):
         )
 
         super().__init__()
-        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        extra: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
         text = dict(config["text_config"])
         self.kind = _language_model_type(text)
         vision_cfg = {k: v for k, v in config.get("vision_config", {}).items() if k != "model_type"}
@@ -314,6 +316,7 @@ class OtterModel(nn.Module):
             self.vision_encoder = CLIPVisionModel(CLIPVisionConfig(**vision_cfg, **extra))
             dim_visual = self.vision_encoder.config.hidden_size
             self.perceiver = PerceiverResampler(dim_visual, max_num_frames=config.get("max_num_frames"))
+            lang: MptForCausalLM | LlamaForCausalLM
             if self.kind == "mpt":
                 lang = MptForCausalLM(_mpt_config(text))
                 lang.lm_head.weight = lang.transformer.wte.weight  # MPT's logits use the embedding matrix
@@ -378,8 +381,12 @@ class OtterModel(nn.Module):
             pixel_values = pixel_values.repeat_interleave(beams, dim=0)
         self._condition_media(self.encode_media(pixel_values))
         try:
-            return self.lang_encoder.generate(
-                input_ids=input_ids, attention_mask=attention_mask, eos_token_id=self.eoc_token_id, **kwargs
+            return generate_ids(
+                self.lang_encoder,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                eos_token_id=self.eoc_token_id,
+                **kwargs,
             )
         finally:
             self._condition_media(None)
@@ -438,7 +445,7 @@ def load_otter(
     tok = AutoTokenizer.from_pretrained(tokenizer or path)
     media_id, eoc_id = add_otter_tokens(tok)
     model = OtterModel(config, media_id, eoc_id, dtype, attn_implementation)
-    vocab = model.lang_encoder.get_input_embeddings().weight.shape[0]
+    vocab = input_embeddings(model.lang_encoder).weight.shape[0]
     if len(tok) > vocab:
         raise ValueError(
             f"{path}: tokenizer has {len(tok)} tokens (with Otter's), the embedding matrix {vocab}"
@@ -507,7 +514,7 @@ class OtterCaptioner(BatchedCaptioner):
         self.name_or_path, self.tokenizer_path, self.prompt = name_or_path, tokenizer, prompt
         self.dtype, self.use_cache, self.attn_implementation = dtype, use_cache, attn_implementation
         resolve_dtype(dtype)
-        self.image_processor = None
+        self.image_processor: Callable[..., Any] | None = None  # a CLIPImageProcessor, set by _load
 
     def _postprocess_rule(self, rule: str):
         return otter_answer if rule == "otter" else super()._postprocess_rule(rule)
@@ -529,6 +536,7 @@ class OtterCaptioner(BatchedCaptioner):
     def _encode(self, images: Sequence[Image.Image], captions: Sequence[str]) -> tuple[dict, list[dict]]:
         texts = [render_prompt(self.prompt, c) for c in captions]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True)
+        assert self.image_processor is not None  # generate() refuses to run before setup()
         pixels = self.image_processor([im.convert("RGB") for im in images], return_tensors="pt")[
             "pixel_values"
         ]

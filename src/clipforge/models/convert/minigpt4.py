@@ -35,6 +35,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import TypedDict
 
 import torch
 from torch import Tensor
@@ -55,11 +56,24 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "clipforge_minigpt4"
 
-EVA_VIT_G = {"depth": 39, "num_heads": 16, "layer_norm_eps": 1e-6}
+
+class _EvaSettings(TypedDict):
+    depth: int
+    num_heads: int
+    layer_norm_eps: float
+
+
+class _BertSettings(TypedDict):
+    num_attention_heads: int
+    layer_norm_eps: float
+    hidden_act: str
+
+
+EVA_VIT_G: _EvaSettings = {"depth": 39, "num_heads": 16, "layer_norm_eps": 1e-6}
 """``create_eva_vit_g``'s settings the tensors do not carry (``num_heads=1408 // 88``)."""
 LN_VISION_EPS = 1e-5
 """``ln_vision``: LAVIS' fp32 ``LayerNorm(num_features)`` with torch's default eps."""
-BERT_BASE = {"num_attention_heads": 12, "layer_norm_eps": 1e-12, "hidden_act": "gelu"}
+BERT_BASE: _BertSettings = {"num_attention_heads": 12, "layer_norm_eps": 1e-12, "hidden_act": "gelu"}
 """The Q-Former's ``BertConfig.from_pretrained("bert-base-uncased")`` settings the tensors do not carry."""
 
 
@@ -326,9 +340,11 @@ def load_converted(path: str) -> tuple[ConvertedMiniGPT4, str | None]:
     from safetensors.torch import load_file
 
     config_file, weights = os.path.join(path, CONFIG_NAME), os.path.join(path, WEIGHTS_NAME)
-    for f in (config_file, weights):
-        if not os.path.exists(f):
-            raise FileNotFoundError(f"{path}: no {os.path.basename(f)} (write it with python -m {__name__})")
+    for file in (config_file, weights):
+        if not os.path.exists(file):
+            raise FileNotFoundError(
+                f"{path}: no {os.path.basename(file)} (write it with python -m {__name__})"
+            )
     with open(config_file) as f:
         config = json.load(f)
     if config.pop("model_type", None) != MODEL_TYPE:

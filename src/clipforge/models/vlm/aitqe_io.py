@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from clipforge.models.lora import merged_state_dict
 from clipforge.models.projector import build_projector
@@ -196,8 +196,8 @@ def save_folder(vlm: VisionLanguageModel, path: str, max_shard_size: str = "5GB"
     save_torch_state_dict(state, path, max_shard_size=max_shard_size)
     config = folder_config(vlm, path)
     own_siglip = os.path.abspath(os.path.join(path, SIGLIP_FOLDER))
-    if config["vision_model_name_or_path"] == own_siglip:
-        vlm.vision.save_official(own_siglip)
+    if config["vision_model_name_or_path"] == own_siglip:  # official_vision_name: SigLIP towers only
+        cast(SiglipPatchVision, vlm.vision).save_official(own_siglip)
     with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
     save_tokenizer(vlm.tokenizer, path)
@@ -242,6 +242,7 @@ def save_tokenizer(tokenizer, path: str) -> None:
     slow = _byte_level_bpe_class(state)
     if slow is None:
         return
+    assert backend is not None  # a BPE state came from it
     backend.model.save(
         path
     )  # vocab.json, merges.txt (the model's own vocabulary; added tokens are listed below)

@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, cast
+
 import torch
 from torch import nn
 
 from clipforge.models.assets import resolve_asset
 from clipforge.models.vlm.weights import no_init
 
-__all__ = ["CausalLMSpec", "byte_level_tokenizer"]
+if TYPE_CHECKING:
+    from transformers import GenerationMixin, PreTrainedModel
+
+__all__ = ["CausalLMSpec", "byte_level_tokenizer", "generate_ids", "input_embeddings"]
+
+
+def input_embeddings(model: nn.Module) -> nn.Embedding:
+    """``model.get_input_embeddings()`` of a transformers model, typed as the token embedding table it is."""
+    return cast(nn.Embedding, cast("PreTrainedModel", model).get_input_embeddings())
+
+
+def generate_ids(model: nn.Module, **kwargs: Any) -> torch.Tensor:
+    """``model.generate(**kwargs)`` of a transformers causal LM: the token ids (its output without
+    ``return_dict_in_generate``)."""
+    # transformers' self-type of generate (its GenerativePreTrainedModel protocol) rejects its own model classes
+    return cast(torch.Tensor, cast("GenerationMixin", model).generate(**kwargs))  # type: ignore[misc]
 
 
 def byte_level_tokenizer():
@@ -69,7 +86,9 @@ class CausalLMSpec:
             tok.pad_token = tok.eos_token
         return tok
 
-    def build(self, vocab_size: int, dtype: torch.dtype = torch.float32, empty: bool = False) -> nn.Module:
+    def build(
+        self, vocab_size: int, dtype: torch.dtype = torch.float32, empty: bool = False
+    ) -> PreTrainedModel:
         """The model: loaded weights, a random init from ``config``, or (``empty``) uninitialised weights.
 
         Args:
@@ -85,11 +104,11 @@ class CausalLMSpec:
             fields = dict(self.config)
             fields.setdefault("vocab_size", vocab_size)
             cfg = AutoConfig.for_model(**fields)
-        elif empty:
-            asset = resolve_asset(self.name_or_path, self.gguf_file)
+        elif empty:  # __init__: without a config, name_or_path is given
+            asset = resolve_asset(cast(str, self.name_or_path), self.gguf_file)
             cfg = AutoConfig.from_pretrained(asset.path, gguf_file=asset.gguf_file)
         else:
-            asset = resolve_asset(self.name_or_path, self.gguf_file)
+            asset = resolve_asset(cast(str, self.name_or_path), self.gguf_file)
             model = AutoModelForCausalLM.from_pretrained(
                 asset.path, gguf_file=asset.gguf_file, dtype=dtype, **kwargs
             )
@@ -97,12 +116,13 @@ class CausalLMSpec:
         if cfg is not None:
             with no_init(empty):
                 model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, **kwargs)
-        if model.get_input_embeddings().num_embeddings < vocab_size:
+        if input_embeddings(model).num_embeddings < vocab_size:
             raise ValueError(
-                f"{self!r}: {model.get_input_embeddings().num_embeddings} embeddings < {vocab_size} tokens"
+                f"{self!r}: {input_embeddings(model).num_embeddings} embeddings < {vocab_size} tokens"
             )
         return model
 
     def __repr__(self) -> str:
-        source = self.name_or_path or f"random {self.config.get('model_type')}"
+        # __init__: no name_or_path -> a config
+        source = self.name_or_path or f"random {cast(dict, self.config).get('model_type')}"
         return f"CausalLMSpec({source!r})"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
 from PIL import Image
@@ -26,10 +27,14 @@ from torch import nn
 
 from clipforge.models.projector import build_projector, init_projector_as_lookup
 from clipforge.models.vlm.aitqe_io import folder_config, load_folder, official_vision_name, save_folder
+from clipforge.models.vlm.causal_lm import input_embeddings
 from clipforge.models.vlm.generation import VLMGeneration
 from clipforge.models.vlm.spec import AITQE_IMAGE, IGNORE_INDEX, IMAGE_POSITION, VLMSpec
 from clipforge.models.vlm.towers import PatchVision
 from clipforge.models.vlm.weights import parse_dtype
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = ["VisionLanguageModel"]
 
@@ -48,11 +53,13 @@ class VisionLanguageModel(VLMGeneration, nn.Module):
         eos_token_id: end-of-answer token (default: the tokenizer's).
     """
 
+    image_newline: torch.Tensor  # a buffer
+
     def __init__(
         self,
         vision_model: nn.Module,
-        mm_projector: nn.Module,
-        model: nn.Module,
+        mm_projector: nn.Sequential,
+        model: PreTrainedModel,
         tokenizer,
         vision: PatchVision,
         language_model_name_or_path: str = "",
@@ -61,10 +68,8 @@ class VisionLanguageModel(VLMGeneration, nn.Module):
     ) -> None:
         super().__init__()
         self.vision_model, self.mm_projector, self.model = vision_model, mm_projector, model
-        hidden = model.get_input_embeddings().embedding_dim
-        self.register_buffer(
-            "image_newline", torch.zeros(hidden, dtype=model.get_input_embeddings().weight.dtype)
-        )
+        hidden = input_embeddings(model).embedding_dim
+        self.register_buffer("image_newline", torch.zeros(hidden, dtype=input_embeddings(model).weight.dtype))
         self.tokenizer, self.vision = tokenizer, vision
         self.language_model_name_or_path, self.image_placeholder = (
             language_model_name_or_path,
@@ -91,7 +96,7 @@ class VisionLanguageModel(VLMGeneration, nn.Module):
         tokenizer = spec.llm.load_tokenizer()
         llm = spec.llm.build(len(tokenizer), dtype, empty=empty)
         vision_model = spec.vision.build(dtype, empty=empty)
-        hidden = llm.get_input_embeddings().embedding_dim
+        hidden = input_embeddings(llm).embedding_dim
         projector = build_projector("mlp", spec.vision.feature_dim, hidden).to(dtype)
         vlm = cls(
             vision_model,
@@ -150,7 +155,7 @@ class VisionLanguageModel(VLMGeneration, nn.Module):
     def text_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
         """``(len(texts), hidden)``: each text's mean input-token embedding (tokenized after a space, as a word
         inside a sentence)."""
-        table = self.model.get_input_embeddings().weight
+        table = input_embeddings(self.model).weight
         rows = []
         for text in texts:
             ids = self._tokens(" " + text.strip())
@@ -246,7 +251,7 @@ class VisionLanguageModel(VLMGeneration, nn.Module):
     def encode_images(self, images: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """Projected patch features ``(B, N, hidden)``, ``chunk_size`` images per tower call (``None``: all; a CNN
         tower on a CPU runs faster in small chunks than in one large batch)."""
-        dtype = self.mm_projector[0].weight.dtype
+        dtype = cast(nn.Linear, self.mm_projector[0]).weight.dtype
         images = images.to(device=self.device, dtype=dtype)
         if chunk_size is None or len(images) <= chunk_size:
             feats = self.vision_model(images)
@@ -274,7 +279,7 @@ class VisionLanguageModel(VLMGeneration, nn.Module):
         feats = self.encode_images(images, vision_chunk_size)
         if image_index is not None:
             feats = feats[torch.as_tensor(image_index, device=feats.device)]
-        embeds = self.model.get_input_embeddings()(input_ids.clamp(min=0))
+        embeds = input_embeddings(self.model)(input_ids.clamp(min=0))
         slots = input_ids == IMAGE_POSITION
         if not bool((slots.sum(1) == feats.shape[1]).all()):
             raise ValueError(

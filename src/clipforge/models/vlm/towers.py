@@ -12,6 +12,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol, cast
 
 import torch
 from torch import nn
@@ -70,7 +71,11 @@ class PatchVision(abc.ABC):
     Cheap to construct (no weights); ``build()`` makes the module.
     """
 
-    name_or_path: str | None
+    if TYPE_CHECKING:  # an attribute or a property of the subclass
+
+        @property
+        def name_or_path(self) -> str | None:
+            """Where the tower comes from (folder, hub id, ``timm:<name>``; ``None``: a random config)."""
 
     @abc.abstractmethod
     def build(self, dtype: torch.dtype = torch.float32, empty: bool = False) -> nn.Module:
@@ -132,6 +137,8 @@ class SiglipPatchVision(PatchVision):
         mean: normalisation mean (default: the checkpoint's preprocessor config, else SigLIP's 0.5).
         std: normalisation std (default like ``mean``).
     """
+
+    name_or_path: str | None
 
     def __init__(
         self,
@@ -231,6 +238,13 @@ class SiglipPatchVision(PatchVision):
         return f"SiglipPatchVision({self.name_or_path or 'random'!r}, select_layer={self.select_layer})"
 
 
+class _TimmModel(Protocol):
+    """The methods of a ``timm`` model that :class:`TimmPatches` calls."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+    def get_classifier(self) -> nn.Module: ...
+
+
 class TimmPatches(nn.Module):
     """A timm model's ``forward_features`` as tokens: a ``(B, C, h, w)`` map (optionally average-pooled to
     ``pool_to x pool_to``) flattened row by row to ``(B, h*w, C)``; a ViT's token sequence without its prefix
@@ -252,7 +266,7 @@ class TimmPatches(nn.Module):
         self.class_probs, self.class_temperature = class_probs, class_temperature
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.model.forward_features(images)
+        x = cast(_TimmModel, self.model).forward_features(images)
         if x.ndim == 4:
             if self.pool_to:
                 x = nn.functional.adaptive_avg_pool2d(x, self.pool_to)
@@ -263,7 +277,7 @@ class TimmPatches(nn.Module):
             x = x[:, getattr(self.model, "num_prefix_tokens", 0) :]
         if not self.class_probs:
             return x
-        logits = self.model.get_classifier()(x) / self.class_temperature
+        logits = cast(_TimmModel, self.model).get_classifier()(x) / self.class_temperature
         return torch.cat([x, logits.float().softmax(-1).to(x.dtype)], dim=-1)
 
 

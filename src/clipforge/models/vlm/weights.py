@@ -61,7 +61,7 @@ def load_weights(model: nn.Module, path: str) -> None:
         model.load_state_dict(shard, strict=False)
         loaded |= set(shard)
     llm = getattr(model, "model", None)
-    if hasattr(llm, "tie_weights"):
+    if llm is not None and hasattr(llm, "tie_weights"):
         llm.tie_weights()
     state = model.state_dict()
     have = {state[k].untyped_storage().data_ptr() for k in loaded}
