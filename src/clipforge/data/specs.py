@@ -50,6 +50,9 @@ class DatasetSpec:
         text_embeddings: folder of cached caption embeddings (``ShardWriter`` ``pt`` shards of rows
             ``{"key", "captions", "text_embedding"}``), joined to the records by key and caption; a record or
             caption without one is an error record (``missing_text_embedding``), never a zero vector.
+        streaming: webdataset only: read the shards front to back as a stream (``IterableDataset``) instead of
+            indexing them; ``None`` = automatic: remote paths (``pipe:``, ``http(s)://``, ``s3://``, ``gs://``) and
+            compressed shards (``.tar.gz``) stream (:mod:`clipforge.data.streaming`).
     """
 
     path: str = ""
@@ -69,6 +72,7 @@ class DatasetSpec:
     limit: int | None = None
     name: str | None = None
     text_embeddings: str | None = None
+    streaming: bool | None = None
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -114,7 +118,7 @@ class DatasetSpec:
             return self.builtin
         base = self.path.rstrip("/")
         stem = os.path.basename(base)
-        for ext in (".parquet", ".jsonl", ".json", ".tar", ".csv"):
+        for ext in (".parquet", ".jsonl", ".json", ".tar.gz", ".tgz", ".tar", ".csv"):
             if stem.endswith(ext):
                 stem = stem[: -len(ext)]
         return stem.strip("*{}") or "data"

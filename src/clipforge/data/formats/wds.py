@@ -48,7 +48,8 @@ def shard_files(paths: list[str], where: str) -> list[str]:
     for p in out:
         if p.endswith(_COMPRESSED):
             raise DataConfigError(
-                f"{where}.path: {p}: compressed shards cannot be read by offset; use plain .tar"
+                f"{where}.path: {p}: compressed shards cannot be read by offset; "
+                "stream them (streaming: true, automatic for a .tar.gz path) or use plain .tar"
             )
     if not out:
         raise DataConfigError(f"{where}.path: no .tar shards in {', '.join(paths)}")
@@ -160,10 +161,11 @@ def read_wds(builder: RecordBuilder, paths: list[str], where: str) -> None:
                 else:
                     builder.errors.append(ErrorRecord(key, "missing_sidecar", f"{side}#{col}"))
     for key, cols in samples.items():
-        _add_sample(builder, key, cols, f"{shard_of[key]}#{key}", os.path.basename(shard_of[key]))
+        add_sample(builder, key, cols, f"{shard_of[key]}#{key}", os.path.basename(shard_of[key]))
 
 
-def _add_sample(builder: RecordBuilder, key: str, cols: dict, source: str, shard: str) -> None:
+def add_sample(builder: RecordBuilder, key: str, cols: dict, source: str, shard: str) -> None:
+    """Add one sample (``{column: bytes | TarMemberRef}``) to ``builder`` (also used by the streaming reader)."""
     spec = builder.spec
     image = None
     if not spec.text_only:

@@ -1,0 +1,126 @@
+"""Synthetic webdataset shards and loopback servers (S3 via moto, plain http) for the streaming tests."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gzip
+import http.server
+import io
+import json
+import os
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def png(seed: int, size: int = 8) -> bytes:
+    """A tiny deterministic PNG."""
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def tar_bytes(members: list[tuple[str, bytes]], gz: bool = False) -> bytes:
+    """An uncompressed (or gzip) tar of ``(name, data)`` members, in order."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 0
+            tf.addfile(info, io.BytesIO(data))
+    raw = buf.getvalue()
+    return gzip.compress(raw, mtime=0) if gz else raw
+
+
+def sample_members(key: str, index: int, caption: str | None = None) -> list[tuple[str, bytes]]:
+    """img2dataset-style members of one sample: ``.jpg`` (a PNG inside, as PIL reads by content), ``.txt``,
+    ``.json``."""
+    caption = caption if caption is not None else f"a photo number {index}"
+    meta = json.dumps({"key": key, "caption": caption}).encode()
+    return [(f"{key}.jpg", png(index)), (f"{key}.txt", caption.encode()), (f"{key}.json", meta)]
+
+
+def make_shards(n_shards: int, per_shard: int, gz: bool = True, prefix: str = "shard") -> dict[str, bytes]:
+    """``{shard file name: bytes}`` of ``n_shards`` shards of ``per_shard`` samples keyed ``{shard:05d}{i:04d}``."""
+    ext = ".tar.gz" if gz else ".tar"
+    out = {}
+    for s in range(n_shards):
+        members = []
+        for i in range(per_shard):
+            members += sample_members(f"{s:05d}{i:04d}", s * per_shard + i)
+        out[f"{prefix}-{s:05d}{ext}"] = tar_bytes(members, gz)
+    return out
+
+
+def write_shards(folder: Path, shards: dict[str, bytes]) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in shards.items():
+        (folder / name).write_bytes(data)
+    return sorted(str(folder / n) for n in shards)
+
+
+def keys_of(shards: dict[str, bytes]) -> list[str]:
+    """Every ``__key__`` of the shards (reference multiset)."""
+    keys = []
+    for data in shards.values():
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tf:
+            keys += [m.name.split(".")[0] for m in tf.getmembers() if m.name.endswith(".jpg")]
+    return keys
+
+
+@contextlib.contextmanager
+def s3_server(bucket: str, objects: dict[str, bytes]) -> Iterator[dict[str, str]]:
+    """A moto S3 server on loopback holding ``objects`` in ``bucket``; yields the environment that points s3fs /
+    boto at it (also set in ``os.environ`` while the server runs)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
+        client.create_bucket(Bucket=bucket)
+        for name, data in objects.items():
+            client.put_object(Bucket=bucket, Key=name, Body=data)
+        yield env
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+        pass
+
+
+@contextlib.contextmanager
+def http_server(folder: Path) -> Iterator[str]:
+    """A loopback http server of ``folder``; yields its base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
