@@ -8,6 +8,7 @@ import gzip
 import http.server
 import io
 import json
+import logging
 import os
 import tarfile
 import threading
@@ -81,6 +82,7 @@ def s3_server(bucket: str, objects: dict[str, bytes]) -> Iterator[dict[str, str]
     import boto3
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -124,3 +126,31 @@ def http_server(folder: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+import lightning as L  # noqa: E402 - only the callback below needs it
+
+
+class KeyLog(L.Callback):
+    """Lightning callback: appends ``{"epoch", "step", "keys"}`` of every trained batch to ``path`` (flushed and
+    synced per batch, so a SIGKILL loses nothing that was trained)."""
+
+    def __init__(self, path: str, kill_at_step: int | None = None) -> None:
+        super().__init__()
+        self.path, self.kill_at_step = path, kill_at_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        # after step ``kill_at_step``'s checkpoint (saved at that step's end): die like a pre-empted node
+        if self.kill_at_step is not None and trainer.global_step == self.kill_at_step:
+            os.kill(os.getpid(), 9)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        line = json.dumps({"epoch": trainer.current_epoch, "step": trainer.global_step, "keys": batch["key"]})
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def key_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

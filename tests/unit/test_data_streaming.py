@@ -143,3 +143,38 @@ def test_http_and_s3_sources_read_the_keys_written(tmp_path):
         assert [(e.key, e.reason) for e in errors] == [
             ("shard-00003.tar.gz@0", "unreadable_tar")
         ]  # no object
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_from_the_state_dict_neither_repeats_nor_skips(tmp_path, workers):
+    """Stop an epoch after 3 batches, restore the datamodule's state in a new one (as from a checkpoint): the rest of
+    the epoch is exactly what the uninterrupted epoch had left."""
+    shards = make_shards(6, 5)
+    write_shards(tmp_path, shards)
+    path = str(tmp_path / "shard-{00000..00005}.tar.gz")
+    full = _datamodule(path, num_workers=workers, drop_last=True)
+    reference, _ = _keys(full, 1)
+    first = _datamodule(path, num_workers=workers, drop_last=True)
+    dataset, seen = first.datasets["train"][0], []
+    dataset.set_epoch(1)
+    for i, batch in enumerate(_raw_loader(first)):
+        first.on_after_batch_transfer(batch, 0)
+        seen += batch["key"]
+        if i == 2:
+            break
+    state = first.state_dict()
+    assert state["stream"]["epoch"] == 1 and sum(state["stream"]["consumed"].values()) == 12
+    second = _datamodule(path, num_workers=workers, drop_last=True)
+    second.load_state_dict(state)
+    second.datasets["train"][0].set_epoch(1)
+    rest = []
+    for batch in second.train_dataloader():
+        rest += batch["key"]
+    assert collections.Counter(seen + rest) == collections.Counter(reference)
+    assert len(set(seen) & set(rest)) == 0
+
+
+def _raw_loader(dm: ImageTextDataModule):
+    loader = dm.train_dataloader()
+    loader._on_iter = lambda: None
+    return loader

@@ -17,6 +17,9 @@ from clipforge.data.errors import DataConfigError
 FORMATS = ("auto", "json", "jsonl", "parquet", "coco", "karpathy", "wds", "hf", "demo", "synthetic")
 """Valid values of ``DatasetSpec.format``."""
 
+REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "gcs://")
+"""Paths that name a command or a URL, not a local file: streamed, never checked for existence here."""
+
 BUILTIN_SOURCES = ("demo", "synthetic")
 """Formats that need no path; with ``format="auto"`` the path ``"demo"`` / ``"synthetic"`` selects them."""
 
@@ -149,6 +152,11 @@ def is_empty_slot(spec: DatasetSpec) -> bool:
     return spec.path == "" and spec.format == "auto"
 
 
+def is_remote(path: str) -> bool:
+    """Whether ``path`` names a ``pipe:`` command or a URL (not a local file)."""
+    return path.startswith(REMOTE_PREFIXES)
+
+
 def expand_paths(pattern: str) -> list[str]:
     """Files named by a path, glob (``*``, ``?``, ``[]``) or brace pattern (``{000..009}``), sorted.
 
@@ -179,7 +187,9 @@ def check_paths(spec: DatasetSpec, where: str = "spec") -> list[str]:
         The files / folders ``path`` names (empty for built-in sources).
     """
     paths: list[str] = []
-    if not spec.builtin:
+    if is_remote(spec.path):
+        pass  # a missing remote shard is an error record when it is read
+    elif not spec.builtin:
         if not spec.path:
             raise DataConfigError(
                 f"{where}.path: empty; set a file, folder or glob (or format=demo|synthetic)"

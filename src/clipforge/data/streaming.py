@@ -41,24 +41,17 @@ from clipforge.data.errors import DataConfigError
 from clipforge.data.formats.rows import RecordBuilder
 from clipforge.data.formats.wds import _KEY_EXT, add_sample
 from clipforge.data.records import ErrorRecord, Record
-from clipforge.data.specs import DatasetSpec, expand_paths
+from clipforge.data.specs import DatasetSpec, expand_paths, is_remote
 from clipforge.data.split import select_split
 
 log = logging.getLogger("clipforge.data")
 
-REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "gcs://")
-"""Shard URLs that can only be streamed."""
 COMPRESSED_SUFFIXES = (".tar.gz", ".tgz")
 """Compressed shards: no random access, streamed."""
 SHARD_SUFFIXES = (".tar", *COMPRESSED_SUFFIXES)
 
 RawSample = tuple[str, dict[str, bytes], str]
 """``(key, {column: bytes}, shard url)`` as read from a tar."""
-
-
-def is_remote(path: str) -> bool:
-    """Whether ``path`` names a ``pipe:`` command or a URL (not a local file)."""
-    return path.startswith(REMOTE_PREFIXES)
 
 
 def is_streaming(spec: DatasetSpec) -> bool:
