@@ -250,7 +250,9 @@ class ImageTextDataModule(L.LightningDataModule):
                     f"{where}.text_embeddings: cached embeddings are of the stored captions; shear them offline "
                     "(a sheared column) instead of data.caption_policy.shear"
                 )
-            records, more, embeddings = join_text_embeddings(records, spec.text_embeddings)
+            records, more, embeddings = join_text_embeddings(
+                records, spec.text_embeddings, spec.caption_fields
+            )
             errors = errors + more
         options = dict(all_captions=not train, text_only=spec.text_only, max_image_pixels=hp.max_image_pixels)
         if train:

@@ -51,7 +51,8 @@ class DatasetSpec:
         limit: keep the first N records after the split (debugging); for ``synthetic``, also the number made.
         name: dataset name in metric keys; default derived from the path (file stem / folder name / format).
         text_embeddings: folder of cached caption embeddings (``ShardWriter`` ``pt`` shards of rows
-            ``{"key", "captions", "text_embedding"}``), joined to the records by key and caption; a record or
+            ``{"key", "captions", "text_embedding"}``, or LLM2CLIP's ``*_text_embeddings.tar`` sidecars, see
+            :mod:`clipforge.data.embeddings`), joined to the records by key and caption; a record or
             caption without one is an error record (``missing_text_embedding``), never a zero vector.
         streaming: webdataset only: read the shards front to back as a stream (``IterableDataset``) instead of
             indexing them; ``None`` = automatic: remote paths (``pipe:``, ``http(s)://``, ``s3://``, ``gs://``) and
@@ -199,7 +200,7 @@ def check_paths(spec: DatasetSpec, where: str = "spec") -> list[str]:
             raise DataConfigError(f"{where}.path: no such file: {spec.path}")
     if spec.image_root and not spec.text_only and not os.path.isdir(os.path.expanduser(spec.image_root)):
         raise DataConfigError(f"{where}.image_root: no such folder: {spec.image_root}")
-    if spec.text_embeddings and not os.path.isdir(os.path.expanduser(spec.text_embeddings)):
+    if spec.text_embeddings and not expand_paths(spec.text_embeddings):
         raise DataConfigError(f"{where}.text_embeddings: no such folder: {spec.text_embeddings}")
     for i, side in enumerate(spec.sidecars):
         if not expand_paths(side):

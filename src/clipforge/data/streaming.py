@@ -81,7 +81,10 @@ def shard_urls(spec: DatasetSpec, where: str = "spec") -> list[str]:
             raise DataConfigError(f"{where}.path: no such file: {p}")
         for f in found:
             if os.path.isdir(f):
-                urls.extend(sorted(os.path.join(f, n) for n in os.listdir(f) if n.endswith(SHARD_SUFFIXES)))
+                names = [n for n in os.listdir(f) if n.endswith(SHARD_SUFFIXES)]
+                # LLM2CLIP's embedding sidecars (X_text_embeddings.tar) beside the shards are no samples
+                names = [n for n in names if not n.endswith("_text_embeddings.tar")]
+                urls.extend(sorted(os.path.join(f, n) for n in names))
             else:
                 urls.append(f)
     if not urls:

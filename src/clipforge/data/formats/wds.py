@@ -24,7 +24,7 @@ import tarfile
 from clipforge.data.captions import clean_captions
 from clipforge.data.errors import DataConfigError
 from clipforge.data.formats.rows import RecordBuilder
-from clipforge.data.records import ErrorRecord, TarMemberRef, jsonable
+from clipforge.data.records import RAW, ErrorRecord, TarMemberRef, jsonable
 from clipforge.data.specs import expand_paths
 
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
@@ -42,7 +42,11 @@ def shard_files(paths: list[str], where: str) -> list[str]:
     out: list[str] = []
     for p in paths:
         if os.path.isdir(p):
-            out.extend(sorted(os.path.join(p, f) for f in os.listdir(p) if f.endswith(".tar")))
+            # LLM2CLIP's embedding sidecars (X_text_embeddings.tar) beside the shards are no samples
+            names = [
+                f for f in os.listdir(p) if f.endswith(".tar") and not f.endswith("_text_embeddings.tar")
+            ]
+            out.extend(sorted(os.path.join(p, f) for f in names))
         else:
             out.append(p)
     for p in out:
@@ -200,6 +204,10 @@ def add_sample(builder: RecordBuilder, key: str, cols: dict, source: str, shard:
                 builder.errors.append(ErrorRecord(key, "malformed_json", f"{source}.{col}"))
         else:
             meta[col] = jsonable(value.decode("utf-8", "surrogateescape"))
-    captions, errors = clean_captions(values, key, source, builder.max_chars)
-    builder.errors.extend(errors)
-    builder.merge(key, image, captions, meta, source)
+    captions, sources = [], []
+    for i, value in enumerate(values):  # per field, so that each caption keeps the name of its field
+        good, errors = clean_captions([value], key, source, builder.max_chars)
+        builder.errors.extend(errors)
+        captions += good
+        sources += [RAW if i == 0 else fields[i]] * len(good)
+    builder.merge(key, image, captions, meta, source, sources=sources if len(fields) > 1 else None)
