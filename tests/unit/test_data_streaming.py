@@ -178,3 +178,18 @@ def _raw_loader(dm: ImageTextDataModule):
     loader = dm.train_dataloader()
     loader._on_iter = lambda: None
     return loader
+
+
+def test_predict_plan_of_a_streamed_source_is_one_shard_per_input_shard(tmp_path):
+    shards = make_shards(3, 4)
+    write_shards(tmp_path, shards)
+    dm = ImageTextDataModule(
+        predict={"path": str(tmp_path / "shard-{00000..00002}.tar.gz")}, predict_shard_rows=5
+    )
+    dm.connect(image_transform=lambda im: __import__("torch").zeros(3, 2, 2))
+    dm.setup("predict")
+    plan = dm.predict_plan()
+    assert [s.name for s in plan] == ["shard-00000", "shard-00001", "shard-00002"]
+    for shard, (name, data) in zip(plan, shards.items()):
+        assert list(shard.keys) == keys_of({name: data})
+    assert [s.start for s in plan] == [0, 4, 8]

@@ -384,9 +384,18 @@ class ImageTextDataModule(L.LightningDataModule):
 
     # -- prediction shards --------------------------------------------------------------------------------------
     def predict_plan(self) -> list[Shard]:
-        """The input shards of ``predict``: ``predict_shard_rows`` consecutive rows each, in source order."""
+        """The input shards of ``predict``: ``predict_shard_rows`` consecutive rows each, in source order; for a
+        streaming source, one per input tar (named by its stem), so each output shard mirrors an input shard."""
         dataset = self._datasets("predict")[0]
         n, keys = self.hparams.predict_shard_rows, [r.key for r in dataset.records]
+        if self.specs["predict"] and is_streaming(self.specs["predict"][0]):
+            groups: list[tuple[str, int, list[str]]] = []
+            for i, rec in enumerate(dataset.records):
+                name = _stem(str(rec.meta.get("shard", "shard")))
+                if not groups or groups[-1][0] != name:
+                    groups.append((name, i, []))
+                groups[-1][2].append(rec.key)
+            return [Shard(name, start, shard_keys) for name, start, shard_keys in groups]
         return [Shard(f"shard-{i // n:05d}", i, keys[i : i + n]) for i in range(0, len(keys), n)]
 
     def set_done_predict_shards(self, names: set[str]) -> None:
@@ -403,6 +412,13 @@ class ImageTextDataModule(L.LightningDataModule):
         sampler = ShardSampler(dataset, self.assigned_predict_shards, world, rank)
         bs = max(1, math.ceil((self.hparams.eval_batch_size or self.hparams.batch_size) / world))
         return DataLoader(dataset, batch_size=bs, sampler=sampler, drop_last=False, **self._loader_args(True))
+
+
+def _stem(name: str) -> str:
+    for ext in (".tar.gz", ".tgz", ".tar"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
 
 
 class _StreamLoader(DataLoader):
