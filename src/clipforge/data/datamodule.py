@@ -347,6 +347,7 @@ class ImageTextDataModule(L.LightningDataModule):
                 dataset,
                 lambda: self._start_stream_epoch(dataset),
                 batch_size=None,
+                collate_fn=_as_is,  # batches are collated by the dataset (default_convert would walk them again)
                 num_workers=workers,
                 pin_memory=self.hparams.pin_memory,
                 # the epoch and resume point reach the readers when their workers start: never persistent
@@ -412,6 +413,10 @@ class ImageTextDataModule(L.LightningDataModule):
         sampler = ShardSampler(dataset, self.assigned_predict_shards, world, rank)
         bs = max(1, math.ceil((self.hparams.eval_batch_size or self.hparams.batch_size) / world))
         return DataLoader(dataset, batch_size=bs, sampler=sampler, drop_last=False, **self._loader_args(True))
+
+
+def _as_is(batch: dict) -> dict:
+    return batch
 
 
 def _stem(name: str) -> str:
