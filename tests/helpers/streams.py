@@ -95,6 +95,15 @@ def s3_server(bucket: str, objects: dict[str, bytes]) -> Iterator[dict[str, str]
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
+        import urllib.request
+
+        import s3fs
+
+        # moto's backends are per process, not per server: start empty; s3fs caches clients across endpoints
+        urllib.request.urlopen(
+            urllib.request.Request(f"{env['AWS_ENDPOINT_URL']}/moto-api/reset", method="POST")
+        )
+        s3fs.S3FileSystem.clear_instance_cache()
         client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
         client.create_bucket(Bucket=bucket)
         for name, data in objects.items():
