@@ -149,7 +149,7 @@ class KeyLog(L.Callback):
         self.path, self.kill_at_step = path, kill_at_step
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
-        # after step ``kill_at_step``'s checkpoint (saved at that step's end): die like a pre-empted node
+        # after step ``kill_at_step``'s checkpoint (saved at that step's end): die like a preempted node
         if self.kill_at_step is not None and trainer.global_step == self.kill_at_step:
             os.kill(os.getpid(), 9)
 
