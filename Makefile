@@ -57,6 +57,7 @@ bench: setup  ## the speed / memory benchmarks of BENCHMARKS.md (ENHANCER=<folde
 	$(BIN)/python benchmarks/bench_recap_generate.py --images 32 --batch-sizes 16 32 --repeats 3 --threads 1
 	$(BIN)/python benchmarks/bench_llm2clip_cache.py --configs lit --repeats 3
 	$(BIN)/python benchmarks/bench_llm2clip_embed.py
+	$(BIN)/python benchmarks/bench_streaming.py --json bench_streaming.json
 	# the enhancer benchmark needs a trained enhancer: make bench ENHANCER=<enhance_train_demo run>/aitqe
 	$(if $(ENHANCER),PYTHONPATH=. $(BIN)/python benchmarks/bench_enhance_score.py --model_path $(ENHANCER) --repeats 3 --vision-chunk-size 4)
 	$(if $(ENHANCER),PYTHONPATH=. $(BIN)/python benchmarks/bench_enhance_score.py --model_path $(ENHANCER) --repeats 3 --vision-chunk-size 4 --pairs 40 --captions-per-photo 5 --batch-sizes 8 16 40 --no-lengths)

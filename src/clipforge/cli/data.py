@@ -5,6 +5,9 @@ clipforge data inspect <path> [--image-root DIR] [--format auto] [--check-images
 clipforge data split-coco <captions.json> --val-fraction 0.3 [--seed 0] [--out-dir DIR]
     two COCO files (<stem>_train.json, <stem>_val.json) split by the same stable hash of the image id that
     `holdout_fraction` uses, so a model trained on one can be evaluated on the other
+clipforge data sidecars <pt cache folder> <image shards> --columns shortsv_captions,longsv_captions [--out-dir DIR]
+    the embedding job's cache as LLM2CLIP sidecars: X_text_embeddings.tar beside (or in DIR for) each shard X.tar,
+    members {key}.{column} of raw float32 in the shard's sample order (the official training code's layout)
 """
 
 from __future__ import annotations
@@ -83,6 +86,13 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--val-fraction", type=float, required=True)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out-dir", default=None)
+    c = sub.add_parser("sidecars", help="write an embedding cache as LLM2CLIP *_text_embeddings.tar sidecars")
+    c.add_argument("cache", help="folder of the embedding job's pt shards")
+    c.add_argument("shards", help="image shards (file, folder, glob or brace pattern)")
+    c.add_argument(
+        "--columns", required=True, help="comma-separated caption fields, in the cache's caption order"
+    )
+    c.add_argument("--out-dir", default=None)
     a = parser.parse_args(argv)
     try:
         if a.command == "inspect":
@@ -91,6 +101,13 @@ def main(argv: list[str] | None = None) -> None:
                     inspect_source(a.path, a.image_root, a.format, a.check_images, a.text_only), indent=2
                 )
             )
+        elif a.command == "sidecars":
+            from clipforge.data.embeddings import write_sidecar_tars
+            from clipforge.data.streaming import shard_urls
+
+            shards = shard_urls(DatasetSpec(path=a.shards, streaming=True), "sidecars")
+            paths, errors = write_sidecar_tars(a.cache, shards, a.columns.split(","), a.out_dir)
+            print(json.dumps({"sidecars": len(paths), "missing_text_embedding": len(errors)}))
         else:
             split_coco(a.path, a.val_fraction, a.seed, a.out_dir)
     except DataConfigError as e:

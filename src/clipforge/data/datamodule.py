@@ -21,6 +21,7 @@ from clipforge.data.readers import read_source, select
 from clipforge.data.records import ErrorRecord
 from clipforge.data.sampler import EpochSampler, Shard, ShardSampler
 from clipforge.data.specs import DatasetSpec, as_spec, as_spec_list, as_spec_or_list, is_empty_slot
+from clipforge.data.streaming import StreamingImageTextDataset, is_streaming, read_stream_records, shard_urls
 
 log = logging.getLogger("clipforge.data")
 
@@ -68,6 +69,12 @@ class ImageTextDataModule(L.LightningDataModule):
         drop_last: drop the last incomplete training batch (kept anyway when the set is smaller than one batch).
         holdout_fraction: when ``val`` is empty, hold out this fraction of ``train`` keys as validation set.
         predict_shard_rows: rows per input shard of ``predict`` (the unit a generation job writes and resumes).
+        shuffle_buffer: samples in each reader's shuffle buffer of a streaming training source.
+
+    A streaming training source (:func:`~clipforge.data.streaming.is_streaming`: ``train.streaming=true``, remote or
+    compressed shards) is read by a :class:`~clipforge.data.streaming.StreamingImageTextDataset`; its readers'
+    positions are this datamodule's ``state_dict`` (so in every checkpoint), and a run resumed mid-epoch continues
+    each reader where it stopped. Held-out, val, test and predict sets of such a source are read once into memory.
 
     Raises:
         ValueError: a count that is not a positive integer, or a caption policy field ``CaptionPolicy`` rejects.
@@ -91,6 +98,7 @@ class ImageTextDataModule(L.LightningDataModule):
         drop_last: bool = True,
         holdout_fraction: float = 0.0,
         predict_shard_rows: int = 1000,
+        shuffle_buffer: int = 1000,
     ) -> None:
         super().__init__()
         for name, count in (("batch_size", batch_size), ("predict_shard_rows", predict_shard_rows)):
@@ -119,6 +127,9 @@ class ImageTextDataModule(L.LightningDataModule):
         self._cache: dict[tuple, tuple] = {}
         self._done_predict_shards: set[str] = set()
         self.assigned_predict_shards: list[Shard] = []
+        # streaming: {"epoch", "consumed": {reader: samples}} of the batches trained so far (the resume point)
+        self.stream_state: dict = {}
+        self._resume_state: dict = {}
 
     # -- wiring -----------------------------------------------------------------------------------------------
     def connect(
@@ -141,6 +152,9 @@ class ImageTextDataModule(L.LightningDataModule):
         self.transforms = {True: image_transform, False: eval_image_transform or image_transform}
         for split, datasets in self.datasets.items():
             for ds in datasets:
+                if isinstance(ds, StreamingImageTextDataset):
+                    ds.collate.tokenizer = tokenizer
+                    ds = ds.items
                 ds.image_transform = self.transforms[split == "train"] or ds.image_transform
 
     def _bind_model(self) -> None:
@@ -188,15 +202,46 @@ class ImageTextDataModule(L.LightningDataModule):
         )
         cache_key = (repr(source), require_captions)
         if cache_key not in self._cache:  # held-out val shares train's source: read once
-            self._cache[cache_key] = read_source(
-                source, self.hparams.max_caption_chars, require_captions, where
-            )
+            read = read_stream_records if is_streaming(source) else read_source
+            self._cache[cache_key] = read(source, self.hparams.max_caption_chars, require_captions, where)
         records, errors = self._cache[cache_key]
         return select(records, errors, spec)
+
+    def _build_stream(self, spec: DatasetSpec, where: str) -> StreamingImageTextDataset:
+        hp = self.hparams
+        if spec.text_embeddings or spec.sidecars:
+            raise DataConfigError(
+                f"{where}: a streaming source takes no text_embeddings / sidecars folder; read the cache "
+                "map-style (streaming: false on local .tar shards)"
+            )
+        items = ImageTextDataset(
+            [],
+            self.transforms[True],
+            seed=hp.seed,
+            text_only=spec.text_only,
+            max_image_pixels=hp.max_image_pixels,
+            **self.caption_policy.dataset_options(),
+        )
+        dataset = StreamingImageTextDataset(
+            shard_urls(spec, where),
+            spec,
+            items,
+            ImageTextCollator(self.tokenizer, all_captions=self.caption_policy.sampling == "multi_positive"),
+            self.batch_size_per_device,
+            drop_last=hp.drop_last,
+            seed=hp.seed,
+            shuffle_buffer=hp.shuffle_buffer,
+            world=self.world,
+            max_caption_chars=hp.max_caption_chars,
+        )
+        log.info("%s (%s): streaming %d shards", where, spec.display_name, len(dataset.urls))
+        return dataset
 
     def _build(self, split: str, index: int, spec: DatasetSpec, many: bool) -> ImageTextDataset:
         where, hp, train = f"data.{split}" + (f"[{index}]" if many else ""), self.hparams, split == "train"
         policy = self.caption_policy
+        if train and is_streaming(spec):
+            return self._build_stream(spec, where)  # type: ignore[return-value]
         records, errors = self._read(spec, where, require_captions=split != "predict")
         embeddings = None
         if spec.text_embeddings:
@@ -205,7 +250,9 @@ class ImageTextDataModule(L.LightningDataModule):
                     f"{where}.text_embeddings: cached embeddings are of the stored captions; shear them offline "
                     "(a sheared column) instead of data.caption_policy.shear"
                 )
-            records, more, embeddings = join_text_embeddings(records, spec.text_embeddings)
+            records, more, embeddings = join_text_embeddings(
+                records, spec.text_embeddings, spec.caption_fields
+            )
             errors = errors + more
         options = dict(all_captions=not train, text_only=spec.text_only, max_image_pixels=hp.max_image_pixels)
         if train:
@@ -264,11 +311,48 @@ class ImageTextDataModule(L.LightningDataModule):
             "collate_fn": ImageTextCollator(self.tokenizer, all_captions=all_captions),
         }
 
+    # -- streaming position -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The streaming readers' position (``{}`` for map-style training, whose sampler restarts per epoch)."""
+        return {"stream": dict(self.stream_state)} if self.stream_state else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Resume point of a checkpoint: the next iteration of the same epoch skips what was trained."""
+        self._resume_state = dict(state_dict.get("stream") or {})
+        self.stream_state = dict(self._resume_state)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):  # noqa: ANN001, ANN201 - Lightning's hook
+        position = batch.pop("stream_position", None) if isinstance(batch, dict) else None
+        if position is not None:
+            if self.stream_state.get("epoch") != position["epoch"]:
+                self.stream_state = {"epoch": position["epoch"], "consumed": {}}
+            self.stream_state["consumed"][int(position["reader"])] = int(position["consumed"])
+        return batch
+
+    def _start_stream_epoch(self, dataset: StreamingImageTextDataset) -> None:
+        epoch = self.trainer.current_epoch if self.trainer is not None else dataset.epoch
+        dataset.set_epoch(epoch)
+        resume, self._resume_state = self._resume_state, {}
+        dataset.skip = dict(resume.get("consumed", {})) if resume.get("epoch") == epoch else {}
+        self.stream_state = {"epoch": epoch, "consumed": dict(dataset.skip)}
+
     def train_dataloader(self) -> DataLoader:
         datasets = self._datasets("train")
         if not datasets:
             raise DataConfigError("data.train: no training set configured")
         dataset, (world, rank) = datasets[0], self.world
+        if isinstance(dataset, StreamingImageTextDataset):
+            workers = self.hparams.num_workers
+            return _StreamLoader(
+                dataset,
+                lambda: self._start_stream_epoch(dataset),
+                batch_size=None,
+                collate_fn=_as_is,  # batches are collated by the dataset (default_convert would walk them again)
+                num_workers=workers,
+                pin_memory=self.hparams.pin_memory,
+                # the epoch and resume point reach the readers when their workers start: never persistent
+                persistent_workers=False,
+            )
         bs, drop_last = self.batch_size_per_device, self.hparams.drop_last
         if drop_last and math.ceil(len(dataset) / world) < bs:
             log.warning(
@@ -301,9 +385,18 @@ class ImageTextDataModule(L.LightningDataModule):
 
     # -- prediction shards --------------------------------------------------------------------------------------
     def predict_plan(self) -> list[Shard]:
-        """The input shards of ``predict``: ``predict_shard_rows`` consecutive rows each, in source order."""
+        """The input shards of ``predict``: ``predict_shard_rows`` consecutive rows each, in source order; for a
+        streaming source, one per input tar (named by its stem), so each output shard mirrors an input shard."""
         dataset = self._datasets("predict")[0]
         n, keys = self.hparams.predict_shard_rows, [r.key for r in dataset.records]
+        if self.specs["predict"] and is_streaming(self.specs["predict"][0]):
+            groups: list[tuple[str, int, list[str]]] = []
+            for i, rec in enumerate(dataset.records):
+                name = _stem(str(rec.meta.get("shard", "shard")))
+                if not groups or groups[-1][0] != name:
+                    groups.append((name, i, []))
+                groups[-1][2].append(rec.key)
+            return [Shard(name, start, shard_keys) for name, start, shard_keys in groups]
         return [Shard(f"shard-{i // n:05d}", i, keys[i : i + n]) for i in range(0, len(keys), n)]
 
     def set_done_predict_shards(self, names: set[str]) -> None:
@@ -320,3 +413,27 @@ class ImageTextDataModule(L.LightningDataModule):
         sampler = ShardSampler(dataset, self.assigned_predict_shards, world, rank)
         bs = max(1, math.ceil((self.hparams.eval_batch_size or self.hparams.batch_size) / world))
         return DataLoader(dataset, batch_size=bs, sampler=sampler, drop_last=False, **self._loader_args(True))
+
+
+def _as_is(batch: dict) -> dict:
+    return batch
+
+
+def _stem(name: str) -> str:
+    for ext in (".tar.gz", ".tgz", ".tar"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+class _StreamLoader(DataLoader):
+    """DataLoader of a streaming dataset that sets the epoch and resume point before each iteration starts (an
+    ``IterableDataset`` takes no sampler, so Lightning's ``set_epoch`` cannot reach it)."""
+
+    def __init__(self, dataset: StreamingImageTextDataset, on_iter: Callable[[], None], **kwargs) -> None:  # noqa: ANN003
+        super().__init__(dataset, **kwargs)
+        self._on_iter = on_iter
+
+    def __iter__(self):  # noqa: ANN204
+        self._on_iter()
+        return super().__iter__()

@@ -94,10 +94,11 @@ class ImageTextDataset(Dataset):
         self.records: list[Record] = []
         self.candidates: list[list[int]] = []
         self.dropped: list[str] = []  # keys left without a candidate caption
+        self._sources, self._remove_ratio, self._rewrite_ratio = sources, remove_ratio, rewrite_ratio
         for rec in records:
-            if remove_ratio > 0 and key_fraction(rec.key, seed + 1) < remove_ratio:
+            cands = self.admit(rec)
+            if cands is None:
                 continue
-            cands = self._candidates(rec, sources, rewrite_ratio)
             if cands or not rec.captions:
                 self.records.append(rec)
                 self.candidates.append(cands)
@@ -107,6 +108,13 @@ class ImageTextDataset(Dataset):
         # keys whose image the model no longer needs (its frozen features are cached): ``placeholder`` instead
         self.skip_image_keys: frozenset[str] = frozenset()
         self.placeholder = None
+
+    def admit(self, rec: Record) -> list[int] | None:
+        """Caption candidates of ``rec`` under this dataset's policy; ``None`` when ``remove_ratio`` leaves it out
+        (``[]`` for a record with captions: none of its sources is a candidate, it is dropped)."""
+        if self._remove_ratio > 0 and key_fraction(rec.key, self.seed + 1) < self._remove_ratio:
+            return None
+        return self._candidates(rec, self._sources, self._rewrite_ratio)
 
     def _candidates(self, rec: Record, sources: set[str] | None, rewrite_ratio: float | None) -> list[int]:
         idx = [i for i in range(len(rec.captions)) if sources is None or rec.source(i) in sources]
@@ -154,21 +162,24 @@ class ImageTextDataset(Dataset):
         if self.caption_sampling == "all_pairs" and not self.all_captions:
             r, c = self.pairs[index]
             return r, [c]
-        cands = self.candidates[index]
+        return index, self.pick_of(self.records[index], self.candidates[index], epoch, index)
+
+    def pick_of(self, rec: Record, cands: list[int], epoch: int, salt: int | str) -> list[int]:
+        """Caption indices a record with candidates ``cands`` hands out at ``epoch``; the draw is seeded by
+        ``(seed, epoch, salt)``: the item index (map-style) or the sample key (streaming)."""
         if self.all_captions:
-            return index, list(cands)
+            return list(cands)
         if not cands:
-            return index, []
+            return []
         if self.caption_sampling == "first" or len(cands) == 1 and self.caption_sampling != "multi_positive":
-            return index, [cands[0]]
-        rng = random.Random(f"{self.seed}:{epoch}:{index}")
+            return [cands[0]]
+        rng = random.Random(f"{self.seed}:{epoch}:{salt}")
         if self.caption_sampling == "multi_positive":
             m = self.captions_per_image
-            picks = rng.sample(cands, m) if len(cands) >= m else cands + rng.choices(cands, k=m - len(cands))
-            return index, picks
+            return rng.sample(cands, m) if len(cands) >= m else cands + rng.choices(cands, k=m - len(cands))
         if self.source_weights:
-            return index, [self._weighted(self.records[index], cands, rng)]
-        return index, [cands[rng.randrange(len(cands))]]
+            return [self._weighted(rec, cands, rng)]
+        return [cands[rng.randrange(len(cands))]]
 
     def caption_of(self, index: int, epoch: int) -> str:
         """The caption item ``index`` gives at ``epoch`` (``""`` for a row without captions)."""
@@ -178,7 +189,10 @@ class ImageTextDataset(Dataset):
     def __getitem__(self, index: int | tuple[int, int]) -> dict:
         index, epoch = index if isinstance(index, tuple) else (index, self.epoch)
         r, picks = self.pick(index, epoch)
-        rec = self.records[r]
+        return self.item_of(self.records[r], picks)
+
+    def item_of(self, rec: Record, picks: list[int]) -> dict:
+        """The item of ``rec`` handing out captions ``picks`` (image loaded and transformed, or an error item)."""
         texts = [self.text_of(rec, c) for c in picks]
         multi = self.all_captions or self.caption_sampling == "multi_positive"
         item = {"key": rec.key, "caption": texts[0] if texts else "", "meta": rec.meta}

@@ -17,6 +17,9 @@ from clipforge.data.errors import DataConfigError
 FORMATS = ("auto", "json", "jsonl", "parquet", "coco", "karpathy", "wds", "hf", "demo", "synthetic")
 """Valid values of ``DatasetSpec.format``."""
 
+REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "gcs://")
+"""Paths that name a command or a URL, not a local file: streamed, never checked for existence here."""
+
 BUILTIN_SOURCES = ("demo", "synthetic")
 """Formats that need no path; with ``format="auto"`` the path ``"demo"`` / ``"synthetic"`` selects them."""
 
@@ -48,8 +51,12 @@ class DatasetSpec:
         limit: keep the first N records after the split (debugging); for ``synthetic``, also the number made.
         name: dataset name in metric keys; default derived from the path (file stem / folder name / format).
         text_embeddings: folder of cached caption embeddings (``ShardWriter`` ``pt`` shards of rows
-            ``{"key", "captions", "text_embedding"}``), joined to the records by key and caption; a record or
+            ``{"key", "captions", "text_embedding"}``, or LLM2CLIP's ``*_text_embeddings.tar`` sidecars, see
+            :mod:`clipforge.data.embeddings`), joined to the records by key and caption; a record or
             caption without one is an error record (``missing_text_embedding``), never a zero vector.
+        streaming: webdataset only: read the shards front to back as a stream (``IterableDataset``) instead of
+            indexing them; ``None`` = automatic: remote paths (``pipe:``, ``http(s)://``, ``s3://``, ``gs://``) and
+            compressed shards (``.tar.gz``) stream (:mod:`clipforge.data.streaming`).
     """
 
     path: str = ""
@@ -69,6 +76,7 @@ class DatasetSpec:
     limit: int | None = None
     name: str | None = None
     text_embeddings: str | None = None
+    streaming: bool | None = None
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -114,7 +122,7 @@ class DatasetSpec:
             return self.builtin
         base = self.path.rstrip("/")
         stem = os.path.basename(base)
-        for ext in (".parquet", ".jsonl", ".json", ".tar", ".csv"):
+        for ext in (".parquet", ".jsonl", ".json", ".tar.gz", ".tgz", ".tar", ".csv"):
             if stem.endswith(ext):
                 stem = stem[: -len(ext)]
         return stem.strip("*{}") or "data"
@@ -143,6 +151,11 @@ def as_spec_list(value: DatasetSpec | Mapping | list | None) -> list[DatasetSpec
 def is_empty_slot(spec: DatasetSpec) -> bool:
     """``{path: ""}`` with ``format: auto``: a config slot left empty ("no dataset here")."""
     return spec.path == "" and spec.format == "auto"
+
+
+def is_remote(path: str) -> bool:
+    """Whether ``path`` names a ``pipe:`` command or a URL (not a local file)."""
+    return path.startswith(REMOTE_PREFIXES)
 
 
 def expand_paths(pattern: str) -> list[str]:
@@ -175,7 +188,9 @@ def check_paths(spec: DatasetSpec, where: str = "spec") -> list[str]:
         The files / folders ``path`` names (empty for built-in sources).
     """
     paths: list[str] = []
-    if not spec.builtin:
+    if is_remote(spec.path):
+        pass  # a missing remote shard is an error record when it is read
+    elif not spec.builtin:
         if not spec.path:
             raise DataConfigError(
                 f"{where}.path: empty; set a file, folder or glob (or format=demo|synthetic)"
@@ -185,7 +200,7 @@ def check_paths(spec: DatasetSpec, where: str = "spec") -> list[str]:
             raise DataConfigError(f"{where}.path: no such file: {spec.path}")
     if spec.image_root and not spec.text_only and not os.path.isdir(os.path.expanduser(spec.image_root)):
         raise DataConfigError(f"{where}.image_root: no such folder: {spec.image_root}")
-    if spec.text_embeddings and not os.path.isdir(os.path.expanduser(spec.text_embeddings)):
+    if spec.text_embeddings and not expand_paths(spec.text_embeddings):
         raise DataConfigError(f"{where}.text_embeddings: no such folder: {spec.text_embeddings}")
     for i, side in enumerate(spec.sidecars):
         if not expand_paths(side):

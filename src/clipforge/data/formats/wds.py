@@ -24,7 +24,7 @@ import tarfile
 from clipforge.data.captions import clean_captions
 from clipforge.data.errors import DataConfigError
 from clipforge.data.formats.rows import RecordBuilder
-from clipforge.data.records import ErrorRecord, TarMemberRef, jsonable
+from clipforge.data.records import RAW, ErrorRecord, TarMemberRef, jsonable
 from clipforge.data.specs import expand_paths
 
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
@@ -42,13 +42,18 @@ def shard_files(paths: list[str], where: str) -> list[str]:
     out: list[str] = []
     for p in paths:
         if os.path.isdir(p):
-            out.extend(sorted(os.path.join(p, f) for f in os.listdir(p) if f.endswith(".tar")))
+            # LLM2CLIP's embedding sidecars (X_text_embeddings.tar) beside the shards are no samples
+            names = [
+                f for f in os.listdir(p) if f.endswith(".tar") and not f.endswith("_text_embeddings.tar")
+            ]
+            out.extend(sorted(os.path.join(p, f) for f in names))
         else:
             out.append(p)
     for p in out:
         if p.endswith(_COMPRESSED):
             raise DataConfigError(
-                f"{where}.path: {p}: compressed shards cannot be read by offset; use plain .tar"
+                f"{where}.path: {p}: compressed shards cannot be read by offset; "
+                "stream them (streaming: true, automatic for a .tar.gz path) or use plain .tar"
             )
     if not out:
         raise DataConfigError(f"{where}.path: no .tar shards in {', '.join(paths)}")
@@ -160,10 +165,11 @@ def read_wds(builder: RecordBuilder, paths: list[str], where: str) -> None:
                 else:
                     builder.errors.append(ErrorRecord(key, "missing_sidecar", f"{side}#{col}"))
     for key, cols in samples.items():
-        _add_sample(builder, key, cols, f"{shard_of[key]}#{key}", os.path.basename(shard_of[key]))
+        add_sample(builder, key, cols, f"{shard_of[key]}#{key}", os.path.basename(shard_of[key]))
 
 
-def _add_sample(builder: RecordBuilder, key: str, cols: dict, source: str, shard: str) -> None:
+def add_sample(builder: RecordBuilder, key: str, cols: dict, source: str, shard: str) -> None:
+    """Add one sample (``{column: bytes | TarMemberRef}``) to ``builder`` (also used by the streaming reader)."""
     spec = builder.spec
     image = None
     if not spec.text_only:
@@ -198,6 +204,10 @@ def _add_sample(builder: RecordBuilder, key: str, cols: dict, source: str, shard
                 builder.errors.append(ErrorRecord(key, "malformed_json", f"{source}.{col}"))
         else:
             meta[col] = jsonable(value.decode("utf-8", "surrogateescape"))
-    captions, errors = clean_captions(values, key, source, builder.max_chars)
-    builder.errors.extend(errors)
-    builder.merge(key, image, captions, meta, source)
+    captions, sources = [], []
+    for i, value in enumerate(values):  # per field, so that each caption keeps the name of its field
+        good, errors = clean_captions([value], key, source, builder.max_chars)
+        builder.errors.extend(errors)
+        captions += good
+        sources += [RAW if i == 0 else fields[i]] * len(good)
+    builder.merge(key, image, captions, meta, source, sources=sources if len(fields) > 1 else None)
