@@ -55,6 +55,10 @@ before they inherited it; a generation job never fits, and predicts in batches o
 every image generation overlay sets; llm2clip_embed_demo's overlay had these values already)."""
 
 
+STREAMING = {"data.train.streaming": None, "data.shuffle_buffer": 1000}
+"""``conf/data/demo.yaml``'s streaming keys (auto-detected streaming; the shuffle buffer of a streamed source)."""
+
+
 MODEL_SUMMARY = {
     "callbacks.model_summary._target_": "clipforge.callbacks.summary.ModelSummary",
     "callbacks.model_summary.max_depth": 1,
@@ -92,6 +96,8 @@ def expected(config: dict[str, Any], tiny: bool) -> dict[str, Any]:
         out.update(MODEL_SUMMARY)
     if tiny and out.get("task_name") == "generate":
         out.update(TINY_BASE_TRAINING)
+    if out.get("data._target_") == "clipforge.data.datamodule.ImageTextDataModule":
+        out.update(STREAMING)
     return out
 
 

@@ -67,7 +67,7 @@ def test_clipforge_help_lists_every_command_and_imports_nothing_heavy(tmp_path):
         ("train", "clipforge train is powered by Hydra."),
         ("eval", "clipforge eval is powered by Hydra."),
         ("cra", "usage: clipforge cra [-h] --encoder ENCODER --data DATA"),
-        ("data", "usage: clipforge data [-h] {inspect,split-coco} ..."),
+        ("data", "usage: clipforge data [-h] {inspect,split-coco,sidecars} ..."),
         ("convert", "usage: clipforge convert [-h] {llm2clip,cc-llm} ..."),
     ],
 )
