@@ -254,8 +254,9 @@ for line in sys.stdin:
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
-            with open(req["log"] + ".exit", "w") as f:
+            with open(req["log"] + ".exit.tmp", "w") as f:  # renamed: never seen half-written
                 f.write(str(code))
+            os.replace(req["log"] + ".exit.tmp", req["log"] + ".exit")
             os._exit(code)
     print(pid, flush=True)
 """
@@ -270,14 +271,22 @@ class Run:
     def poll(self) -> int | None:
         if self.popen is not None:
             return self.popen.poll()
-        exit_file = Path(str(self.log) + ".exit")
-        if exit_file.exists() and exit_file.read_text():
-            return int(exit_file.read_text())
+        if (code := self._exit_code()) is not None:
+            return code
         try:  # forked by the launcher: gone or a zombie without an exit file = killed
             state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
-            return -signal.SIGKILL
-        return -signal.SIGKILL if state in ("Z", "X") else None
+            state = "X"
+        if state not in ("Z", "X"):
+            return None
+        # it may have written its exit code and ended since the first look
+        code = self._exit_code()
+        return -signal.SIGKILL if code is None else code
+
+    def _exit_code(self) -> int | None:
+        exit_file = Path(str(self.log) + ".exit")
+        text = exit_file.read_text() if exit_file.exists() else ""
+        return int(text) if text else None
 
     def kill(self) -> None:
         try:
@@ -326,7 +335,7 @@ class Launcher:
         """Start ``job`` writing to ``out`` with the command-line ``args``; its output goes to ``out/run.log``."""
         out.mkdir(parents=True, exist_ok=True)
         log = out / "run.log"
-        for stale in (log, Path(str(log) + ".exit")):
+        for stale in (log, Path(str(log) + ".exit"), Path(str(log) + ".exit.tmp")):
             stale.unlink(missing_ok=True)
         args = [*args, f"hydra.run.dir={out}"]
         if self.spawn:
