@@ -38,7 +38,7 @@ from clipforge.utils.text import first_sentence
 
 log = logging.getLogger("clipforge.recap")
 
-__all__ = ["MODES", "SMALLCAP_PROMPT", "Hit", "RetrievalCaptioner", "first_line"]
+__all__ = ["MODES", "SMALLCAP_PROMPT", "Hit", "RetrievalCaptioner", "first_line", "load_lit"]
 
 MODES = ("lm", "nearest")
 SMALLCAP_PROMPT = "Similar images show\n\n{retrieved}.\n\nThis image shows "
@@ -48,6 +48,29 @@ SMALLCAP_PROMPT = "Similar images show\n\n{retrieved}.\n\nThis image shows "
 def first_line(text: str) -> str:
     """The LM's continuation up to the first line break, then up to the first ``.`` (stripped)."""
     return first_sentence(text.strip().split("\n")[0]).strip()
+
+
+def load_lit(checkpoint: str, trust_checkpoint: bool = False) -> Any:
+    """A trained clipforge CLIP/LiT module (eval mode, CPU) from a ``.ckpt`` file or a run folder (best checkpoint).
+
+    The module is rebuilt from the checkpoint's hyper-parameters (the job's ``model`` config) and loaded strictly.
+    """
+    from hydra.utils import instantiate
+
+    from clipforge.utils.checkpoint import load_checkpoint
+    from clipforge.utils.runs import find_checkpoint
+
+    path = checkpoint
+    if os.path.isdir(path):
+        found = find_checkpoint(path, trust_checkpoint=trust_checkpoint)
+        if found is None:
+            raise FileNotFoundError(f"no checkpoints/last.ckpt in {path}")
+        path = found
+    state = load_checkpoint(path, trust_checkpoint)
+    module = instantiate(state["hyper_parameters"], _convert_="all")
+    module.configure_model()
+    module.load_state_dict(state["state_dict"])
+    return module.eval()
 
 
 @dataclass(frozen=True)
@@ -179,29 +202,17 @@ class RetrievalCaptioner(BatchedCaptioner):
             self._to(self.device)
 
     def _load_lit(self) -> Any:
-        from hydra.utils import instantiate
+        if self.checkpoint is not None:
+            return load_lit(self.checkpoint, self.trust_checkpoint)
+        spec = self.clip_spec
+        if isinstance(spec, Mapping):
+            from hydra.utils import instantiate
 
-        from clipforge.utils.checkpoint import load_checkpoint
-        from clipforge.utils.runs import find_checkpoint
-
-        if self.checkpoint is None:
-            spec = self.clip_spec
-            module = instantiate(spec, _convert_="all") if isinstance(spec, Mapping) else spec
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)  # the same random heads in every run
-                module.configure_model()
-            return module
-        path = self.checkpoint
-        if os.path.isdir(path):
-            found = find_checkpoint(path, trust_checkpoint=self.trust_checkpoint)
-            if found is None:
-                raise FileNotFoundError(f"{self.name}: no checkpoints/last.ckpt in {path}")
-            path = found
-        state = load_checkpoint(path, self.trust_checkpoint)
-        module = instantiate(state["hyper_parameters"], _convert_="all")
-        module.configure_model()
-        module.load_state_dict(state["state_dict"])
-        return module
+            spec = instantiate(spec, _convert_="all")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the same random heads in every run
+            spec.configure_model()
+        return spec
 
     def _load(self, device: torch.device) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
