@@ -227,7 +227,7 @@ def test_a_trained_checkpoint_embeds_like_the_saved_module(tmp_path, store, imag
 def test_bad_datastores_are_clear_errors(tmp_path, store, images):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    with pytest.raises(Exception, match="datastore|no records|empty"):
+    with pytest.raises(ValueError, match="datastore .* has no captions"):
         preset(tmp_path, str(empty))
     own_only = tmp_path / "own.jsonl"
     own_only.write_text(json.dumps({"key": "img-a", "captions": ["its own caption"]}) + "\n")
