@@ -26,6 +26,9 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	# CLIP_benchmark, the metric tests' and retrieval benchmark's peer; its declared dependencies
 	# (pycocoevalcap and the project's own torch / open_clip / transformers) are not needed for the metrics
 	$(BIN)/pip install -q --no-deps -c requirements/constraints.txt clip-benchmark
+	# coco-caption's scorers, the caption-metric tests' peer (its Bleu / Cider are pure Python; its declared
+	# dependency pycocotools is not imported by them)
+	$(BIN)/pip install -q --no-deps -c requirements/constraints.txt pycocoevalcap
 	touch $@
 
 hooks: setup  ## install the pre-commit hooks (ruff, ruff-format, codespell) into this git checkout

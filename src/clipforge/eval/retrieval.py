@@ -37,7 +37,14 @@ from torch import Tensor
 
 from clipforge.eval.ranking import count_below, pessimistic_ranks
 
-__all__ = ["embedding_spread", "is_collapsed", "long_text_r1", "retrieval_metrics", "retrieval_ranks"]
+__all__ = [
+    "embedding_spread",
+    "is_collapsed",
+    "long_text_r1",
+    "retrieval_metrics",
+    "retrieval_ranks",
+    "top_k",
+]
 
 
 def _check_inputs(
@@ -275,6 +282,71 @@ def long_text_r1(
         )
     mapping = torch.arange(image_features.shape[0])
     return retrieval_metrics(image_features, text_features, mapping, ks=ks, chunk_size=chunk_size)
+
+
+@torch.no_grad()
+def top_k(
+    queries: Tensor,
+    gallery: Tensor,
+    k: int,
+    query_groups: Tensor | None = None,
+    gallery_groups: Tensor | None = None,
+    chunk_size: int = 1024,
+) -> tuple[Tensor, Tensor]:
+    """The ``k`` best-scoring gallery rows of every query (dot product), skipping the query's own group.
+
+    Retrieval-augmented captioning: queries are image embeddings, the gallery a caption datastore, and a group
+    an image key, so an image never retrieves its own captions. Scores are computed ``chunk_size`` query rows at
+    a time as one fp32 matmul per chunk; ties are broken by gallery order (a stable sort), so the result does
+    not depend on the chunk size or the sort implementation.
+
+    Args:
+        queries: ``(Q, D)`` embeddings (any float dtype; upcast per chunk).
+        gallery: ``(N, D)`` embeddings.
+        k: rows per query.
+        query_groups: ``(Q,)`` integer group of each query (``-1`` = none); with ``gallery_groups``, a gallery
+            row of the query's group is never returned.
+        gallery_groups: ``(N,)`` integer group of each gallery row.
+        chunk_size: query rows scored at once.
+
+    Returns:
+        ``(scores, indices)``, both ``(Q, k)``, best first; where fewer than ``k`` rows are eligible the rest
+        are ``-inf`` / ``-1``.
+
+    Raises:
+        ValueError: on mismatched shapes, ``k < 1`` or groups given for one side only.
+    """
+    if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
+        raise ValueError(f"expected (Q, D) and (N, D), got {tuple(queries.shape)} and {tuple(gallery.shape)}")
+    if k < 1 or chunk_size < 1:
+        raise ValueError(f"k and chunk_size must be >= 1, got {k} and {chunk_size}")
+    if (query_groups is None) != (gallery_groups is None):
+        raise ValueError("give query_groups and gallery_groups together")
+    if gallery_groups is not None and query_groups is not None:
+        if query_groups.shape != (queries.shape[0],) or gallery_groups.shape != (gallery.shape[0],):
+            raise ValueError("query_groups must be (Q,) and gallery_groups (N,)")
+    n, width = gallery.shape[0], min(k, gallery.shape[0])
+    scores = torch.full((queries.shape[0], k), float("-inf"))
+    indices = torch.full((queries.shape[0], k), -1, dtype=torch.long)
+    if n == 0:
+        return scores, indices
+    g = gallery.to(queries.device, torch.float32).T.contiguous()
+    for start in range(0, queries.shape[0], chunk_size):
+        block = queries[start : start + chunk_size].float() @ g
+        eligible = torch.full((block.shape[0],), n, dtype=torch.long)
+        if query_groups is not None and gallery_groups is not None:
+            own = gallery_groups.to(block.device)[None, :] == query_groups[
+                start : start + chunk_size, None
+            ].to(block.device)
+            own &= query_groups[start : start + chunk_size, None].to(block.device) >= 0
+            block = block.masked_fill(own, float("-inf"))
+            eligible -= own.sum(1).cpu()
+        top, idx = torch.sort(block, dim=1, descending=True, stable=True)
+        top, idx = top[:, :width].cpu(), idx[:, :width].cpu()
+        keep = torch.arange(width)[None, :] < eligible[:, None]
+        scores[start : start + len(top), :width] = top.masked_fill(~keep, float("-inf"))
+        indices[start : start + len(top), :width] = idx.masked_fill(~keep, -1)
+    return scores, indices
 
 
 @torch.no_grad()
