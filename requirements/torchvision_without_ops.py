@@ -40,7 +40,7 @@ def main() -> int:
     changed = []
     for op in OPS:
         old = f'@torch.library.register_fake("torchvision::{op}")'
-        new = f"@(torch.library.register_fake(\"torchvision::{op}\") if torchvision.extension._has_ops() else (lambda f: f))"
+        new = f'@(torch.library.register_fake("torchvision::{op}") if torchvision.extension._has_ops() else (lambda f: f))'
         if new in text:
             continue
         if text.count(old) != 1:
@@ -53,7 +53,9 @@ def main() -> int:
         return 0
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
-    print(f"guarded torchvision's {', '.join(changed)} fake registrations in {path} (its compiled ops do not load)")
+    print(
+        f"guarded torchvision's {', '.join(changed)} fake registrations in {path} (its compiled ops do not load)"
+    )
     return 0
 
 

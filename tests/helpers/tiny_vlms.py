@@ -170,7 +170,9 @@ def save_tiny_qwen2_vl(path, text: dict | None = None) -> str:
     ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
     shape = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1}
     shape.update(text or {})
-    half = shape["hidden_size"] // shape["num_attention_heads"] // 2  # M-RoPE: (temporal, height, width) of it
+    half = (
+        shape["hidden_size"] // shape["num_attention_heads"] // 2
+    )  # M-RoPE: (temporal, height, width) of it
     mrope = [half // 4, half - half // 4 - (half - half // 4) // 2, (half - half // 4) // 2]
     cfg = Qwen2VLConfig(
         text_config={
