@@ -14,8 +14,8 @@ Configurations: ``hf`` (the preset's ``batch_size``, left-padded ``generate`` ca
 row per call: the captioning scripts' loop) and ``vllm`` (every row in one ``LLM.generate`` call, vLLM's
 scheduler batching). Start-up (weights + engine) is timed separately; each repeat runs every configuration once in
 a rotating order after one warm-up call, and the figure is the median rows/s (labels + prompts + generation +
-decoding). The HF backend gets ``--threads`` torch threads; vLLM's CPU worker, a separate process, binds the same
-cores while the HF side idles. Greedy captions of the three are compared (``captions != hf``).
+decoding). The HF backend gets ``--threads`` torch threads; vLLM's CPU worker, a separate process, binds as many
+cores (``VLLM_CPU_OMP_THREADS_BIND=0-<threads-1>``, none reserved) while the HF side idles. Greedy captions of the three are compared (``captions != hf``).
 """
 
 from __future__ import annotations
@@ -128,13 +128,19 @@ def main() -> None:
     p.add_argument("--vlm", action="store_true", help="also a tiny random-weight LLaVA-1.5")
     p.add_argument("--json", type=str, default=None)
     args = p.parse_args()
+    # vLLM's CPU worker binds cores 0..threads-1 and reserves none (its default on 2 cores: 1 thread + 1 reserved)
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{args.threads - 1}")
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
     import torch
     import transformers
     import vllm
     from bench_recap_generate import coco_photos
 
+    from clipforge.models.assets import resolve_asset
+
     torch.set_num_threads(args.threads)
+    resolve_asset("pypi:smollm2-135m-instruct")  # the one-time GGUF conversion, outside the start-up timing
     images, captions, keys = coco_photos(args.images)
     reports = [bench("label_llm", _label_llm, images, captions, keys, args.repeats)]
     if args.vlm:
