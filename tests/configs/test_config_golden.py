@@ -66,6 +66,13 @@ MODEL_SUMMARY = {
 """``conf/callbacks/model_summary.yaml``, added to the default callbacks (the summary without an empty FLOPs column)."""
 
 
+BACKEND_CAPTIONERS = (
+    "clipforge.models.captioners.label_llm.LabelLLMCaptioner",
+    "clipforge.models.captioners.hf.HFCaptioner",
+)
+"""Captioner classes whose presets now name their generation backend (``backend: hf``; ``vllm`` is the other)."""
+
+
 def new_overrides(old: list[str]) -> list[str]:
     out: list[str] = []
     for o in old:
@@ -98,6 +105,9 @@ def expected(config: dict[str, Any], tiny: bool) -> dict[str, Any]:
         out.update(TINY_BASE_TRAINING)
     if out.get("data._target_") == "clipforge.data.datamodule.ImageTextDataModule":
         out.update(STREAMING)
+    for key, value in list(out.items()):
+        if key.startswith("model.captioners.") and key.endswith("._target_") and value in BACKEND_CAPTIONERS:
+            out[key.removesuffix("_target_") + "backend"] = "hf"
     return out
 
 

@@ -50,8 +50,14 @@ def _bpe(specials: list[str], bos: str | None = None, **tokens):
     return byte_level_bpe(CORPUS + PROMPT_WORDS, 400, specials, bos, **tokens)
 
 
-def save_tiny_llava(path) -> str:
-    """A tiny LLaVA-1.5 (CLIP ViT vision tower, layer -2 features without CLS, MLP projector, Llama LM)."""
+WIDE_DECODER = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2)
+"""Overrides of the tiny decoders for vLLM's CPU attention, which needs a head size of at least 64 (256 / 4)."""
+
+
+def save_tiny_llava(path, text: dict | None = None) -> str:
+    """A tiny LLaVA-1.5 (CLIP ViT vision tower, layer -2 features without CLS, MLP projector, Llama LM).
+
+    ``text`` overrides fields of the Llama config (e.g. :data:`WIDE_DECODER`)."""
     import torch
     from transformers import (
         CLIPImageProcessor,
@@ -89,9 +95,9 @@ def save_tiny_llava(path) -> str:
         patch_size=8,
         projection_dim=32,
     )
-    text = LlamaConfig(
+    text_config = LlamaConfig(
         vocab_size=len(tok),
-        **TINY_DECODER,
+        **{**TINY_DECODER, **(text or {})},
         max_position_embeddings=256,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
@@ -99,7 +105,7 @@ def save_tiny_llava(path) -> str:
     )
     cfg = LlavaConfig(
         vision_config=vision,
-        text_config=text,
+        text_config=text_config,
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         image_seq_length=16,
     )
@@ -109,8 +115,30 @@ def save_tiny_llava(path) -> str:
     return os.fspath(path)
 
 
-def save_tiny_qwen2_vl(path) -> str:
-    """A tiny Qwen2-VL (dynamic resolution: images of different sizes give prompts of different lengths)."""
+def llava_hub_layout(path) -> str:
+    """Rewrite a saved LLaVA's weight names into the layout of the hub's ``llava-hf`` checkpoints.
+
+    transformers 5 saves the CLIP tower as ``vision_tower.<...>``; the hub checkpoints (and vLLM's loader) name it
+    ``vision_tower.vision_model.<...>``. transformers loads both layouts."""
+    from safetensors.torch import load_file, save_file
+
+    file = os.path.join(os.fspath(path), "model.safetensors")
+    weights = load_file(file)
+    renamed = {
+        ("vision_tower.vision_model." + k.removeprefix("vision_tower."))
+        if k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model.")
+        else k: v
+        for k, v in weights.items()
+    }
+    save_file(renamed, file, metadata={"format": "pt"})
+    return os.fspath(path)
+
+
+def save_tiny_qwen2_vl(path, text: dict | None = None) -> str:
+    """A tiny Qwen2-VL (dynamic resolution: images of different sizes give prompts of different lengths).
+
+    ``text`` overrides fields of the text config (e.g. :data:`WIDE_DECODER`; M-RoPE's sections follow the head
+    size)."""
     import torch
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
@@ -140,16 +168,19 @@ def save_tiny_qwen2_vl(path) -> str:
         chat_template=QWEN2_VL_TEMPLATE,
     )
     ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
+    shape = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1}
+    shape.update(text or {})
+    half = (
+        shape["hidden_size"] // shape["num_attention_heads"] // 2
+    )  # M-RoPE: (temporal, height, width) of it
+    mrope = [half // 4, half - half // 4 - (half - half // 4) // 2, (half - half // 4) // 2]
     cfg = Qwen2VLConfig(
         text_config={
             "vocab_size": len(tok),
-            "hidden_size": 32,
-            "intermediate_size": 64,
+            **shape,
             "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
             "max_position_embeddings": 512,
-            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
+            "rope_parameters": {"rope_type": "default", "mrope_section": mrope, "rope_theta": 10000.0},
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
@@ -157,7 +188,7 @@ def save_tiny_qwen2_vl(path) -> str:
         vision_config={
             "depth": 2,
             "embed_dim": 32,
-            "hidden_size": 32,
+            "hidden_size": shape["hidden_size"],  # the merger's output: the text model's width
             "num_heads": 2,
             "patch_size": 8,
             "spatial_merge_size": 2,

@@ -59,7 +59,14 @@ def test_the_checker_finds_every_kind_of_broken_link(tmp_path):
 
 
 def test_markdown_files_skip_environments_and_run_outputs(tmp_path):
-    for name in ("README.md", "docs/a.md", ".venv/lib/x.md", "logs/run/report.md", "pkg.egg-info/PKG.md"):
+    for name in (
+        "README.md",
+        "docs/a.md",
+        ".venv/lib/x.md",
+        ".venv-vllm/lib/x.md",
+        "logs/run/report.md",
+        "pkg.egg-info/PKG.md",
+    ):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("# x\n")
     assert [p.relative_to(tmp_path).as_posix() for p in markdown_files(tmp_path)] == [

