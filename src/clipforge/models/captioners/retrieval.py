@@ -198,6 +198,7 @@ class RetrievalCaptioner(BatchedCaptioner):
             self._load_datastore()
             if self.mode == "lm":
                 self._load(self.device)
+                self.generation_config = self.model.generation_config
         else:
             self._to(self.device)
 
