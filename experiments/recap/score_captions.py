@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from clipforge.eval.captions import caption_metrics
-from clipforge.models.captioners.retrieval import load_lit
+from clipforge.tasks.recap.retrieval import load_lit
 
 
 @torch.inference_mode()

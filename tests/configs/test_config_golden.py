@@ -108,6 +108,8 @@ def expected(config: dict[str, Any], tiny: bool) -> dict[str, Any]:
     for key, value in list(out.items()):
         if key.startswith("model.captioners.") and key.endswith("._target_") and value in BACKEND_CAPTIONERS:
             out[key.removesuffix("_target_") + "backend"] = "hf"
+    if out.get("model._target_") == "clipforge.tasks.recap.generator.CaptionGeneratorModule":
+        out["model.backend"] = None  # one engine for every captioner of the job (null = each preset's)
     return out
 
 

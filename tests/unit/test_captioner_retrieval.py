@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from clipforge.eval.retrieval import top_k
-from clipforge.models.captioners.retrieval import SMALLCAP_PROMPT, Hit, RetrievalCaptioner, first_line
+from clipforge.tasks.recap.retrieval import SMALLCAP_PROMPT, Hit, RetrievalCaptioner, first_line
 from clipforge.utils.hydra import compose
 from tests.helpers.tiny_vlms import save_tiny_chat_llama
 

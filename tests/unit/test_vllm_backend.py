@@ -13,6 +13,7 @@ from clipforge.models.captioners.decoding import Decoding
 from clipforge.models.captioners.hf import HFCaptioner
 from clipforge.models.captioners.label_llm import LabelLLMCaptioner
 from clipforge.models.captioners.vllm_engine import VLLM_MISSING, import_vllm, sampling_kwargs
+from clipforge.tasks.recap.generator import CaptionGeneratorModule
 from clipforge.utils.hydra import compose
 
 
@@ -92,3 +93,21 @@ def test_the_backend_is_one_override_of_a_captioner_preset():
     assert cfg.model.captioners.label_llm.backend == "vllm"
     default = compose(["experiment=recap_label_llm"], "generate", output_dir="/tmp/unused")
     assert default.model.captioners.label_llm.backend == "hf"
+
+
+def test_model_backend_switches_every_captioner_of_a_job(tmp_path):
+    """``model.backend=vllm``: one override for every captioner of a generate job; one without a vLLM path refuses
+    it by name (no captioner silently stays on the HF backend); ``null`` leaves each captioner's own."""
+    cfg = compose(["experiment=recap_label_llm", "model.backend=vllm"], "generate", output_dir=str(tmp_path))
+    assert cfg.model.backend == "vllm"
+    assert compose(["experiment=recap_label_llm"], "generate", output_dir=str(tmp_path)).model.backend is None
+    both = CaptionGeneratorModule(
+        [LabelLLMCaptioner(llm=str(tmp_path)), HFCaptioner(str(tmp_path))], backend="vllm"
+    )
+    assert [c.backend for c in both.captioners] == ["vllm", "vllm"]
+    with pytest.raises(ValueError, match="backend=vllm is not available for _HFOnly"):
+        CaptionGeneratorModule([_HFOnly("x", "x", "x", None, "strip", 1, 1)], backend="vllm")
+    with pytest.raises(ValueError, match="beam search"):
+        CaptionGeneratorModule([HFCaptioner(str(tmp_path), decoding={"num_beams": 3})], backend="vllm")
+    own = [HFCaptioner(str(tmp_path), backend="vllm"), _HFOnly("y", "y", "y", None, "strip", 1, 1)]
+    assert [c.backend for c in CaptionGeneratorModule(own).captioners] == ["vllm", "hf"]

@@ -94,25 +94,29 @@ class BatchedCaptioner(abc.ABC):
                 "same caption every time)"
             )
         self.num_captions, self.batch_size = num_captions, batch_size
-        if backend not in BACKENDS:
-            raise ValueError(f"{name}: backend={backend!r} is not one of {BACKENDS}")
-        if backend == "vllm" and type(self)._vllm_prompts is BatchedCaptioner._vllm_prompts:
-            raise ValueError(
-                f"{name}: backend=vllm is not available for {type(self).__name__}; use backend=hf"
-            )
-        if backend == "vllm":
-            from clipforge.models.captioners.vllm_engine import sampling_kwargs
-
-            sampling_kwargs(
-                self.decoding, []
-            )  # refuses decoding settings vLLM cannot run, before any loading
-        self.backend, self.engine_args = backend, dict(engine_args or {})
+        self.engine_args = dict(engine_args or {})
+        self.use_backend(backend)
         self.device = torch.device("cpu")
         # loaded by setup(): any transformers model / tokenizer (typed Any: their classes differ per captioner)
         self.model: Any = None
         self.tokenizer: Any = None
         self.engine: Any = None  # the vLLM backend's VLLMEngine
         self.generation_config: Any = None  # the HF generation config (EOS ids) on both backends
+
+    def use_backend(self, backend: str) -> None:
+        """Run on ``backend`` (``hf`` | ``vllm``); refuses an unknown one, ``vllm`` for a captioner without a vLLM
+        path, and decoding settings vLLM cannot run, before anything loads."""
+        if backend not in BACKENDS:
+            raise ValueError(f"{self.name}: backend={backend!r} is not one of {BACKENDS}")
+        if backend == "vllm" and type(self)._vllm_prompts is BatchedCaptioner._vllm_prompts:
+            raise ValueError(
+                f"{self.name}: backend=vllm is not available for {type(self).__name__}; use backend=hf"
+            )
+        if backend == "vllm":
+            from clipforge.models.captioners.vllm_engine import sampling_kwargs
+
+            sampling_kwargs(self.decoding, [])
+        self.backend = backend
 
     # -- subclass API -----------------------------------------------------------------------------------------
     @abc.abstractmethod

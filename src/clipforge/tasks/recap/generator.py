@@ -15,6 +15,7 @@ import lightning as L
 
 from clipforge.data.shear import Shear
 from clipforge.models.captioners.base import Captioner, Generation
+from clipforge.models.captioners.batched import BatchedCaptioner
 from clipforge.tasks.recap.export import image_ref, slot_names, summarize, write_seed_json
 
 log = logging.getLogger("clipforge.recap")
@@ -44,6 +45,8 @@ class CaptionGeneratorModule(L.LightningModule):
         seed_json: which caption the seed-format JSON files hold: ``raw`` (post-processed, unsheared: what the
             seed released), ``sheared``, or ``none`` (no files).
         max_image_side: downscale images whose longer side is larger (``None`` = as decoded).
+        backend: the generation engine of every captioner (``hf`` | ``vllm``; ``None`` = each captioner's own
+            ``backend``); a captioner without that engine refuses it by name.
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class CaptionGeneratorModule(L.LightningModule):
         shear: Shear | Mapping | None = None,
         seed_json: str = "raw",
         max_image_side: int | None = None,
+        backend: str | None = None,
     ) -> None:
         super().__init__()
         shear = _as_shear(shear)  # before save_hyperparameters: Hydra (dict) and jsonargparse save the same
@@ -60,6 +64,11 @@ class CaptionGeneratorModule(L.LightningModule):
         self.captioners: list[Captioner] = list(
             captioners.values() if isinstance(captioners, Mapping) else captioners
         )
+        if backend is not None:
+            for c in self.captioners:
+                if not isinstance(c, BatchedCaptioner):
+                    raise ValueError(f"{c.name}: backend={backend} is not available for {type(c).__name__}")
+                c.use_backend(backend)
         names = [c.name for c in self.captioners]
         if not names:
             raise ValueError("CaptionGeneratorModule needs at least one captioner (model.captioners)")
