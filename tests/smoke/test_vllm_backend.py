@@ -171,10 +171,7 @@ def test_generate_writes_the_same_table_on_both_backends(tmp_path, label_llm_kwa
         "model.captioners.label_llm.decoding.max_new_tokens=12",
         *wide,
     ]
-    vllm = [
-        "model.captioners.label_llm.backend=vllm",
-        "+model.captioners.label_llm.engine_args.enforce_eager=true",
-    ]
+    vllm = ["model.backend=vllm", "+model.captioners.label_llm.engine_args.enforce_eager=true"]
     generate(compose(base, "generate", output_dir=str(tmp_path / "hf")))
     generate(compose([*base, *vllm], "generate", output_dir=str(tmp_path / "vllm")))
     a, b = _rows(tmp_path / "hf" / "predictions.jsonl"), _rows(tmp_path / "vllm" / "predictions.jsonl")
@@ -184,3 +181,38 @@ def test_generate_writes_the_same_table_on_both_backends(tmp_path, label_llm_kwa
         assert y["label_llm_meta"]["params"].pop("backend") == "vllm"
         assert x == y
     assert len({r["label_llm_raw"] for r in a}) > 1
+
+
+def test_a_local_teacher_on_vllm_answers_as_on_the_hf_backend(tmp_path):
+    """The enhance teacher with local captioners (``CaptionerTeacher``: phase-1 scores, phase-2 good captions) on
+    a vLLM engine gives the HF backend's replies (greedy, tiny LLaVA)."""
+    from clipforge.tasks.enhance.negatives import NegativeGenerator
+    from clipforge.tasks.enhance.teacher import CaptionerTeacher
+
+    path = llava_hub_layout(save_tiny_llava(tmp_path / "llava", text=WIDE_DECODER))
+    kwargs = {"name_or_path": path, "model_class": "LlavaForConditionalGeneration", "chat_template": False}
+    kwargs |= {"postprocess": "strip", "decoding": {"max_new_tokens": 12}, "batch_size": 2}
+
+    def teacher(**backend) -> CaptionerTeacher:
+        scorer = HFCaptioner(
+            name="scorer", prompt="<image> Rate this caption from 1 to 10: {caption}", **kwargs, **backend
+        )
+        writer = HFCaptioner(
+            name="writer", prompt="<image> Write a better caption than: {caption}", **kwargs, **backend
+        )
+        t = CaptionerTeacher(scorer, writer, negatives=NegativeGenerator())
+        t.setup("cpu")
+        return t
+
+    hf, vl = teacher(), teacher(backend="vllm", engine_args=ENGINE)
+    high = [True, False, True, True, False]
+    a = [r.text for r in hf.score(IMAGES, CAPTIONS, KEYS)] + [
+        r.text for r in hf.write(IMAGES, CAPTIONS, KEYS, high)
+    ]
+    b = [r.text for r in vl.score(IMAGES, CAPTIONS, KEYS)] + [
+        r.text for r in vl.write(IMAGES, CAPTIONS, KEYS, high)
+    ]
+    assert a == b
+    assert len(set(a[:5])) > 1 and all(
+        t for t in a[:5]
+    )  # the replies differ by image: the inputs reach the model
