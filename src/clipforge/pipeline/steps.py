@@ -9,6 +9,12 @@ stable key hash of :mod:`clipforge.data.split`); every arm trains once per fold 
 scored on the held-out keys' human captions of the source, so all arms see the same images, seeds and budget. The
 held-out images are a test set: no checkpoint is chosen on them (the last epoch's weights are evaluated once).
 With ``folds: 0`` one split is made by ``data.holdout_fraction`` (or by an explicit ``data.val`` source).
+
+A retrieval captioner captions an image from the captions of similar ones, so under a split it must not be trained
+on, nor retrieve, held-out captions: with ``pipeline.recap.retriever.experiment`` set, each split gets a retriever
+trained on its training side (``recap/<split>/retriever``, the arms' split overrides) and its own recap job
+(``recap/<split>``) whose retrieval captioners read that checkpoint and a datastore of the split's training captions
+plus their own entries. Every job that reads a recap table then runs once per split (``<step>/<split>``).
 """
 
 from __future__ import annotations
@@ -123,9 +129,8 @@ class Plan:
     outputs: dict[str, dict[str, str]] = field(default_factory=dict)  # job -> expected output files
     captioners: list[str] = field(default_factory=list)
     enhancer: str | None = None
-    recap_job: str | None = (
-        None  # the recap / scoring jobs whose tables the lineage shows (the first split's)
-    )
+    # the recap / scoring jobs whose tables the lineage shows (the first split's with a per-split retriever)
+    recap_job: str | None = None
     score_job: str | None = None
     retriever: str | None = None  # the per-split retriever's experiment (pipeline.recap.retriever)
 
