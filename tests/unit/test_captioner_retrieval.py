@@ -182,6 +182,35 @@ def test_datastore_embeddings_are_cached_by_content(tmp_path, store, images, mon
     assert calls == [19, 1] and len(list((tmp_path / "cache" / "retrieval_datastore").iterdir())) == 2
 
 
+def test_a_frozen_text_tower_caches_its_features_once_for_every_head(tmp_path, store, monkeypatch):
+    """LiT (frozen text tower): the cache holds the tower's features, so a retriever with other heads (another
+    split's) runs only its head; its embeddings equal the module's own encode_text of the same captions."""
+    calls: list[int] = []
+    original = RetrievalCaptioner.encode_text_features
+
+    def counting(self, texts):
+        calls.append(len(texts))
+        return original(self, texts)
+
+    monkeypatch.setattr(RetrievalCaptioner, "encode_text_features", counting)
+    cache = tmp_path / "cache" / "retrieval_datastore"
+    cap = preset(
+        tmp_path, store, **{"clip.trainable": "{vision:frozen,text:frozen}", "cache_dir": cache.parent}
+    )
+    assert calls == [19] and [p.name[:6] for p in cache.iterdir()] == ["tower-"]
+    before = cap.entry_embeddings
+    # another split's retriever: the same frozen tower, other head weights
+    with torch.no_grad():
+        for p in cap.lit.text_head.parameters():
+            p.add_(torch.randn_like(p))
+    cap._load_datastore()
+    assert calls == [19] and len(list(cache.iterdir())) == 1  # the tower did not run again: one entry
+    with torch.inference_mode():
+        reference = cap.lit.encode_text(cap.lit.tokenizer(cap.entry_captions)).float()
+    assert torch.allclose(cap.entry_embeddings, reference, atol=1e-5)
+    assert not torch.allclose(before, reference, atol=1e-3)  # the new head changed them
+
+
 def test_a_trained_checkpoint_embeds_like_the_saved_module(tmp_path, store, images):
     """A ``clipforge train`` checkpoint (plain hyper-parameters + state dict) is rebuilt and loaded strictly."""
     hp = {

@@ -9,6 +9,9 @@ Row layout (the report and :func:`clipforge.utils.runs.load_pipeline` read it):
   final_overall}`` (``source`` is ``raw`` or the captioner slot whose caption it is);
 - ``final_captions``: the enhanced caption set the ``enhanced`` arm trains on, ``{caption, source}`` with source
   ``raw`` / ``<slot>`` / ``rewrite:<raw|slot>``; ``enhancer``: which enhancer scored the row.
+
+With a per-split retriever (``pipeline.recap.retriever``) every split has its own recap and enhanced tables; the
+lineage joins the first split's (``Plan.recap_job`` / ``Plan.score_job``), the report's gallery and histograms too.
 """
 
 from __future__ import annotations

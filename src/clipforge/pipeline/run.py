@@ -130,6 +130,12 @@ def _eval_step(cfg: DictConfig, plan: Plan, run_dir: str) -> dict:
             if plan.enhancer == "trained in pipeline"
             else f"enhancer: {plan.enhancer}"
         )
+    if plan.retriever:
+        notes.append(
+            f"recap: a retriever ({plan.retriever}) trained per split on that split's training images, its datastore "
+            "their captions (+ the captioner's own entries): one recap table per split; lineage, gallery and "
+            f"score histograms show the first split's tables ({plan.recap_job}, {plan.score_job or 'no scores'})."
+        )
     collapsed = [a for a, v in comparison["arms"].items() if v["collapsed_runs"]]
     if collapsed:
         notes.append(f"collapsed embeddings in: {', '.join(collapsed)} (see runs)")
@@ -145,8 +151,9 @@ def _eval_step(cfg: DictConfig, plan: Plan, run_dir: str) -> dict:
 def _lineage(cfg: DictConfig, plan: Plan, run_dir: str) -> dict[str, str]:
     records = _source_records(cfg)
     out = plan.outputs
-    recap = out.get("recap", {}).get("table")
-    score = out.get("enhance/score", {})
+    # one table per split with a per-split retriever: the lineage (and the report's gallery) shows the first's
+    recap = out.get(plan.recap_job or "", {}).get("table")
+    score = out.get(plan.score_job or "", {})
     rows = build_lineage(
         records,
         _folds(cfg, records),

@@ -9,6 +9,12 @@ stable key hash of :mod:`clipforge.data.split`); every arm trains once per fold 
 scored on the held-out keys' human captions of the source, so all arms see the same images, seeds and budget. The
 held-out images are a test set: no checkpoint is chosen on them (the last epoch's weights are evaluated once).
 With ``folds: 0`` one split is made by ``data.holdout_fraction`` (or by an explicit ``data.val`` source).
+
+A retrieval captioner captions an image from the captions of similar ones, so under a split it must not be trained
+on, nor retrieve, held-out captions: with ``pipeline.recap.retriever.experiment`` set, each split gets a retriever
+trained on its training side (``recap/<split>/retriever``, the arms' split overrides) and its own recap job
+(``recap/<split>``) whose retrieval captioners read that checkpoint and a datastore of the split's training captions
+plus their own entries. Every job that reads a recap table then runs once per split (``<step>/<split>``).
 """
 
 from __future__ import annotations
@@ -123,6 +129,10 @@ class Plan:
     outputs: dict[str, dict[str, str]] = field(default_factory=dict)  # job -> expected output files
     captioners: list[str] = field(default_factory=list)
     enhancer: str | None = None
+    # the recap / scoring jobs whose tables the lineage shows (the first split's with a per-split retriever)
+    recap_job: str | None = None
+    score_job: str | None = None
+    retriever: str | None = None  # the per-split retriever's experiment (pipeline.recap.retriever)
 
     def add(self, job: Job, outputs: Mapping[str, str]) -> Job:
         self.jobs.append(job)
@@ -168,25 +178,81 @@ def plan_jobs(cfg: DictConfig, run_dir: str) -> Plan:
     step_dir = os.path.join(run_dir, "steps")
     plan = Plan()
 
-    # -- recap: the captioners over every image of the source -> the multi-caption table -----------------------
-    table, table_fields, recap_job = None, None, None
+    def arm_data(split: Split, train_fields: Mapping, seed: int, zero_shot: bool) -> list[str]:
+        ov = [
+            *spec_overrides("data.train", {**train_fields, **split.spec("train")}),
+            *spec_overrides("data.val", {**val_src, **(split.spec("val") if val_src is src else {})}),
+            override("data.val.name", "heldout"),
+            override("seed", seed),
+            # the held-out images are the test set: no model selection on them, one evaluation of the last epoch
+            override("callbacks.model_checkpoint", None),
+            override("trainer.check_val_every_n_epoch", HELD_OUT_ONLY_AT_END),
+            override("trainer.num_sanity_val_steps", 0),
+        ]
+        if zero_shot:
+            ov.append(override("callbacks.zero_shot.data", {"path": "demo", **split.spec("val")}))
+            ov.append(override("callbacks.zero_shot.name", "heldout"))
+        else:
+            ov.append(override("callbacks.zero_shot", None))
+        return ov
+
+    # A retriever per split (pipeline.recap.retriever) makes one recap table per split, and one job per split of
+    # every step that reads a table (`<step>/<split>`); without it one table serves every split (unit None).
+    retriever = _step(cfg, "recap").get("retriever") or {} if "recap" in steps else {}
+    per_split = bool(retriever.get("experiment"))
+    units: list[Split | None] = list(folds) if per_split else [None]
+
+    def named(base: str, unit: Split | None) -> str:
+        return base if unit is None else f"{base}/{unit.name}"
+
+    def folder(base: str, unit: Split | None) -> str:
+        return os.path.join(step_dir, base) if unit is None else os.path.join(step_dir, base, unit.name)
+
+    def unit_of(split: Split) -> str | None:
+        return split.name if per_split else None
+
+    # -- recap: the captioners over every image of the source -> the multi-caption table (one per split with a
+    #    retriever: trained on the split's training images, its datastore their captions + the captioner's own) --
+    tables: dict[str | None, tuple[str, str]] = {}  # unit -> (recap job, table)
+    table_fields = None
     if "recap" in steps:
         node = _step(cfg, "recap")
-        out = os.path.join(step_dir, "recap")
-        recap_job = Job(
-            "recap",
-            "generate",
-            node.experiment,
-            [*_user_overrides(node), *spec_overrides("data.predict", {**src, "split": None})],
-            out,
-        )
-        table = os.path.join(out, "predictions.jsonl")
-        plan.add(recap_job, {"table": table, "summary": os.path.join(out, "summary.json")})
-        plan.captioners = captioner_names(cfg, recap_job)
+        base = [*_user_overrides(node), *spec_overrides("data.predict", {**src, "split": None})]
+        slots, stores = retriever_slots(node, base, step_dir) if per_split else ([], {})
+        for unit in units:
+            overrides, after = list(base), []
+            if unit is not None:
+                train = Job(
+                    f"recap/{unit.name}/retriever",
+                    "train",
+                    str(retriever.experiment),
+                    [*_user_overrides(retriever), *arm_data(unit, src, seeds[0], False)],
+                    folder("recap_retriever", unit),
+                    resume_from_checkpoint=True,
+                )
+                plan.add(train, {"checkpoint": os.path.join(train.output_dir, "checkpoints", "last.ckpt")})
+                store = [{**src, **unit.spec("train")}]  # the split's training images' captions only
+                for slot in slots:
+                    overrides += [
+                        override(f"model.captioners.{slot}.checkpoint", train.output_dir),
+                        override(f"model.captioners.{slot}.clip", None),
+                        override(f"model.captioners.{slot}.datastore", [*store, *stores[slot]]),
+                    ]
+                after = [train.name]
+            job = Job(
+                named("recap", unit), "generate", node.experiment, overrides, folder("recap", unit), after
+            )
+            table = os.path.join(job.output_dir, "predictions.jsonl")
+            plan.add(job, {"table": table, "summary": os.path.join(job.output_dir, "summary.json")})
+            tables[unit.name if unit else None] = (job.name, table)
+        first_recap = tables[units[0].name if units[0] else None][0]
+        plan.recap_job = first_recap
+        plan.retriever = str(retriever.experiment) if per_split else None
+        plan.captioners = captioner_names(cfg, next(j for j in plan.jobs if j.name == first_recap))
         table_fields = ["captions", *plan.captioners]
 
     # -- enhance: (train an enhancer), score raw + extended captions, apply the policy -----------------------------
-    enhanced, enhance_job = None, None
+    scored: dict[str | None, tuple[str, str]] = {}  # unit -> (scoring job, enhanced table)
     if "enhance" in steps:
         node = _step(cfg, "enhance")
         after: list[str] = []
@@ -225,71 +291,51 @@ def plan_jobs(cfg: DictConfig, run_dir: str) -> Plan:
             plan.add(train, {"export": enhancer})
             plan.enhancer = "trained in pipeline"
             after.append(train.name)
-        if table is not None:
-            scored_src = table_spec(table, table_fields)
-            after.append("recap")
-        else:
-            scored_src = src
-        score = Job(
-            "enhance/score",
-            "generate",
-            node.score.experiment,
-            [
-                *_user_overrides(node.score),
-                *spec_overrides("data.predict", {**scored_src, "split": None}),
-                override("model.model_path", enhancer),
-            ],
-            os.path.join(step_dir, "enhance_score"),
-            after=after,
-        )
-        enhanced = os.path.join(score.output_dir, "enhanced.jsonl")
-        enhance_job = plan.add(
-            score,
-            {
-                "enhanced": enhanced,
-                "scores": os.path.join(score.output_dir, "predictions.jsonl"),
-                "report": os.path.join(score.output_dir, "report.json"),
-            },
-        )
-
-    def arm_data(split: Split, train_fields: Mapping, seed: int, zero_shot: bool) -> list[str]:
-        ov = [
-            *spec_overrides("data.train", {**train_fields, **split.spec("train")}),
-            *spec_overrides("data.val", {**val_src, **(split.spec("val") if val_src is src else {})}),
-            override("data.val.name", "heldout"),
-            override("seed", seed),
-            # the held-out images are the test set: no model selection on them, one evaluation of the last epoch
-            override("callbacks.model_checkpoint", None),
-            override("trainer.check_val_every_n_epoch", HELD_OUT_ONLY_AT_END),
-            override("trainer.num_sanity_val_steps", 0),
-        ]
-        if zero_shot:
-            ov.append(override("callbacks.zero_shot.data", {"path": "demo", **split.spec("val")}))
-            ov.append(override("callbacks.zero_shot.name", "heldout"))
-        else:
-            ov.append(override("callbacks.zero_shot", None))
-        return ov
+        for unit in units if tables else [None]:
+            if tables:
+                recap_name, table = tables[unit.name if unit else None]
+                scored_src, score_after = table_spec(table, table_fields), [*after, recap_name]
+            else:
+                scored_src, score_after = src, after
+            score = Job(
+                named("enhance/score", unit),
+                "generate",
+                node.score.experiment,
+                [
+                    *_user_overrides(node.score),
+                    *spec_overrides("data.predict", {**scored_src, "split": None}),
+                    override("model.model_path", enhancer),
+                ],
+                folder("enhance_score", unit),
+                after=score_after,
+            )
+            enhanced = os.path.join(score.output_dir, "enhanced.jsonl")
+            plan.add(
+                score,
+                {
+                    "enhanced": enhanced,
+                    "scores": os.path.join(score.output_dir, "predictions.jsonl"),
+                    "report": os.path.join(score.output_dir, "report.json"),
+                },
+            )
+            scored[unit.name if unit else None] = (score.name, enhanced)
+        plan.score_job = next(iter(scored.values()))[0]
 
     zero_shot = src.get("path") == "demo" and bool(cfg.pipeline.eval.get("zero_shot", True))
 
-    def add_arm(
-        arm: str,
-        experiment: str,
-        overrides: list[str],
-        fields: Mapping,
-        after: list[str],
-        folder: str | None = None,
-    ) -> None:
-        """One training job of ``arm`` per split and seed, each scored on its split's held-out images."""
+    def add_arm(arm: str, experiment: str, inputs, prefix: str | None = None) -> None:
+        """One training job of ``arm`` per split and seed, each scored on its split's held-out images;
+        ``inputs(split)`` = the split's ``(overrides, training source fields, jobs read)``."""
         for split in folds:
+            overrides, fields, after = inputs(split)
             for seed in seeds:
                 run = f"{split.name}_s{seed}"
                 job = Job(
-                    f"{folder or arm}/{run}",
+                    f"{prefix or arm}/{run}",
                     "train",
                     experiment,
                     [*overrides, *arm_data(split, fields, seed, zero_shot)],
-                    os.path.join(step_dir, *(folder or arm).split("/"), run),
+                    os.path.join(step_dir, *(prefix or arm).split("/"), run),
                     after=after,
                     resume_from_checkpoint=True,
                 )
@@ -299,69 +345,102 @@ def plan_jobs(cfg: DictConfig, run_dir: str) -> Plan:
     # -- llm2clip: (stage 1 on the final caption groups), the embedding cache, stage 2 per split and seed -------
     if "llm2clip" in steps and "llm2clip" in arms:
         node = _step(cfg, "llm2clip")
-        final = table_spec(enhanced) if enhanced else table_spec(table, table_fields) if table else src
-        upstream = [enhance_job.name] if enhance_job else ["recap"] if recap_job else []
-        encoder = str(node.encoder)
-        after = list(upstream)
-        if node.stage1.get("enabled"):
-            s1 = Job(
-                "llm2clip/stage1",
-                "train",
-                node.stage1.experiment,
+        embedded: dict[
+            str | None, tuple[str, str, list[str], dict]
+        ] = {}  # unit -> (encoder, shards, after, final)
+        for unit in units if (scored or tables) else [None]:
+            key = unit.name if unit else None
+            if scored:
+                final, upstream = table_spec(scored[key][1]), [scored[key][0]]
+            elif tables:
+                final, upstream = table_spec(tables[key][1], table_fields), [tables[key][0]]
+            else:
+                final, upstream = src, []
+            encoder = str(node.encoder)
+            after = list(upstream)
+            if node.stage1.get("enabled"):
+                s1 = Job(
+                    named("llm2clip/stage1", unit),
+                    "train",
+                    node.stage1.experiment,
+                    [
+                        *_user_overrides(node.stage1),
+                        *spec_overrides("data.train", {**final, "text_only": True}),
+                        override("model.llm_encoder.name_or_path", encoder),
+                    ],
+                    folder("llm2clip_stage1", unit),
+                    after=upstream,
+                    resume_from_checkpoint=True,
+                )
+                encoder = os.path.join(s1.output_dir, "encoder")
+                plan.add(s1, {"encoder": encoder})
+                after = [s1.name]
+            embed = Job(
+                named("llm2clip/embed", unit),
+                "generate",
+                node.embed.experiment,
                 [
-                    *_user_overrides(node.stage1),
-                    *spec_overrides("data.train", {**final, "text_only": True}),
+                    *_user_overrides(node.embed),
+                    *spec_overrides("data.predict", {**final, "text_only": True, "split": None}),
                     override("model.llm_encoder.name_or_path", encoder),
                 ],
-                os.path.join(step_dir, "llm2clip_stage1"),
-                after=upstream,
-                resume_from_checkpoint=True,
+                folder("llm2clip_embed", unit),
+                after=after,
             )
-            encoder = os.path.join(s1.output_dir, "encoder")
-            plan.add(s1, {"encoder": encoder})
-            after = [s1.name]
-        embed = Job(
-            "llm2clip/embed",
-            "generate",
-            node.embed.experiment,
-            [
-                *_user_overrides(node.embed),
-                *spec_overrides("data.predict", {**final, "text_only": True, "split": None}),
-                override("model.llm_encoder.name_or_path", encoder),
-            ],
-            os.path.join(step_dir, "llm2clip_embed"),
-            after=after,
-        )
-        shards = os.path.join(embed.output_dir, "shards")
-        plan.add(embed, {"shards": shards})
-        add_arm(
-            "llm2clip",
-            node.train.experiment,
-            [
+            shards = os.path.join(embed.output_dir, "shards")
+            plan.add(embed, {"shards": shards})
+            embedded[key] = (encoder, shards, [*after, embed.name], final)
+
+        def llm2clip_inputs(split: Split):
+            encoder, shards, after, final = embedded[unit_of(split) if (scored or tables) else None]
+            overrides = [
                 *_user_overrides(node.train),
                 override("llm2clip_encoder", encoder),
                 override("llm2clip_cache", shards),
-            ],
-            {**final, "text_embeddings": shards},
-            [*after, embed.name],
-        )
+            ]
+            return overrides, {**final, "text_embeddings": shards}, after
+
+        add_arm("llm2clip", node.train.experiment, llm2clip_inputs)
 
     # -- train: the CLIP recipe on each arm's captions, same images / seeds / budget ---------------------------
     if "train" in steps:
         node = _step(cfg, "train")
         for arm in (a for a in arms if a != "llm2clip"):
-            if arm == "recap" and table is None:
+            if arm == "recap" and not tables:
                 raise ValueError("pipeline.arms has 'recap' but pipeline.steps has no 'recap' step")
-            if arm == "enhanced" and enhanced is None:
+            if arm == "enhanced" and not scored:
                 raise ValueError("pipeline.arms has 'enhanced' but pipeline.steps has no 'enhance' step")
-            experiment = str(node.experiments[arm])
-            if arm == "raw":
-                fields, after, extra = src, [], []
-            elif arm == "recap":
-                fields = table_spec(table, table_fields)
-                after, extra = ["recap"], [override("recap_table", table)]
-            else:
-                fields = table_spec(enhanced)
-                after, extra = [enhance_job.name], []
-            add_arm(arm, experiment, [*_user_overrides(node), *extra], fields, after, folder=f"train/{arm}")
+
+            def inputs(split: Split, arm: str = arm):
+                user = _user_overrides(node)
+                if arm == "raw":
+                    return user, src, []
+                if arm == "recap":
+                    name, table = tables[unit_of(split)]
+                    return [*user, override("recap_table", table)], table_spec(table, table_fields), [name]
+                name, enhanced = scored[unit_of(split)]
+                return user, table_spec(enhanced), [name]
+
+            add_arm(arm, str(node.experiments[arm]), inputs, prefix=f"train/{arm}")
     return plan
+
+
+def retriever_slots(
+    node: DictConfig, overrides: list[str], step_dir: str
+) -> tuple[list[str], dict[str, list]]:
+    """The captioner slots that take the per-split retriever (``pipeline.recap.retriever.captioners``) and each
+    one's own datastore entries (resolved), which follow the split's training captions in its datastore."""
+    slots = [str(s) for s in (node.retriever.get("captioners") or [])]
+    composed = Job("recap", "generate", node.experiment, overrides, os.path.join(step_dir, "recap")).compose()
+    captioners = composed.model.get("captioners") or {}
+    missing = [s for s in slots if captioners.get(s) is None]
+    if not slots or missing:
+        raise ValueError(
+            f"pipeline.recap.retriever.captioners={slots}: experiment {node.experiment} has no captioner "
+            f"{missing[0] if missing else '(none named)'}; it has {sorted(k for k, v in captioners.items() if v)}"
+        )
+    stores = {}
+    for s in slots:
+        store = OmegaConf.to_container(captioners[s].get("datastore") or [], resolve=True)
+        stores[s] = [store] if isinstance(store, dict) else list(store)
+    return slots, stores

@@ -15,7 +15,9 @@ captions of the image's own key are never retrieved), and
 Unlike SmallCap the LM is not trained to read the prompt (SmallCap trains cross-attention to CLIP features); it
 is used zero-shot, so what it adds over ``nearest`` is only what a 135M instruct model makes of the retrieved
 captions. The datastore's caption embeddings are cached on disk under a content hash of the text encoder's
-weights and the corpus (``cache_dir``), so a rerun does not embed the corpus again. Provenance
+weights and the corpus (``cache_dir``), so a rerun does not embed the corpus again; with a frozen text tower (LiT)
+the cache holds the tower's features, keyed by the tower alone, and only the trained head runs per checkpoint, so
+retrievers trained on other splits or seeds reuse one entry. Provenance
 (``<slot>_meta.params``) holds the retrieved keys, captions and scores of every row.
 """
 
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from clipforge.models.captioners.base import Generation
@@ -271,42 +274,52 @@ class RetrievalCaptioner(BatchedCaptioner):
             )
         return keys, captions
 
+    def _frozen_text(self) -> bool:
+        """Whether the LiT text tower is frozen: then the cache holds its features, and only the (cheap) head runs
+        per checkpoint, so retrievers trained on other splits / seeds share one cache entry of the corpus."""
+        return getattr(getattr(self.lit, "trainable", None), "text", None) == "frozen"
+
     def _cache_path(self, keys: Sequence[str], captions: Sequence[str]) -> str | None:
         from clipforge.models.assets import cache_dir
 
         root = self.cache_dir if self.cache_dir is not None else cache_dir()
         if root is None or root == "off":
             return None
+        frozen = self._frozen_text()
         model = hashlib.sha256(repr(self.lit.text_spec).encode())
         model.update(repr(getattr(self.lit.text_spec, "max_length", None)).encode())
-        for part in (self.lit.text_tower, self.lit.text_head):
+        for part in (self.lit.text_tower,) if frozen else (self.lit.text_tower, self.lit.text_head):
             for name, tensor in part.state_dict().items():
                 model.update(name.encode())
                 model.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         corpus = hashlib.sha256()
         for k, c in zip(keys, captions):
             corpus.update(f"{k}\x00{c}\x01".encode("utf-8", "surrogatepass"))
-        return os.path.join(
-            root, "retrieval_datastore", f"{model.hexdigest()[:16]}-{corpus.hexdigest()[:16]}.pt"
-        )
+        name = f"{'tower-' if frozen else ''}{model.hexdigest()[:16]}-{corpus.hexdigest()[:16]}.pt"
+        return os.path.join(root, "retrieval_datastore", name)
 
     def _load_datastore(self) -> None:
         keys, captions = self._read_datastore()
         path = self._cache_path(keys, captions)
-        embeddings = None
+        frozen = self._frozen_text()
+        encode = self.encode_text_features if frozen else self.encode_texts
+        kind = "text tower features" if frozen else "caption embeddings"
+        embeddings = None  # the text tower's features with a frozen tower, else the caption embeddings
         if path is not None and os.path.isfile(path):
             cached = torch.load(path, map_location="cpu", weights_only=True)
             if cached["keys"] == keys and cached["captions"] == captions:
                 embeddings = cached["embeddings"]
-                log.info("%s: %d datastore embeddings from %s", self.name, len(keys), path)
+                log.info("%s: %d datastore %s from %s", self.name, len(keys), kind, path)
         if embeddings is None:
             log.info("%s: embedding %d datastore captions", self.name, len(captions))
-            embeddings = self.encode_texts(captions)
+            embeddings = encode(captions)
             if path is not None:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 tmp = f"{path}.tmp-{os.getpid()}"
                 torch.save({"keys": keys, "captions": captions, "embeddings": embeddings}, tmp)
                 os.replace(tmp, path)
+        if frozen:
+            embeddings = self.head_embeddings(embeddings)
         self.entry_keys, self.entry_captions, self.entry_embeddings = keys, captions, embeddings
         self._key_ids = {}
         for k in keys:
@@ -329,6 +342,26 @@ class RetrievalCaptioner(BatchedCaptioner):
             enc = self.lit.tokenizer(list(texts[start : start + self.text_batch_size]))
             enc = {k: v.to(self.device) for k, v in enc.items()}
             out.append(self.lit.encode_text(enc).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.lit.hparams.embed_dim)
+
+    @torch.inference_mode()
+    def encode_text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        """The LiT text tower's features ``(N, F)`` (before the head; CPU, fp32), ``text_batch_size`` at a time."""
+        out = []
+        for start in range(0, len(texts), self.text_batch_size):
+            enc = self.lit.tokenizer(list(texts[start : start + self.text_batch_size]))
+            out.append(
+                self.lit.text_tower(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device))
+            )
+        return torch.cat(out).float().cpu() if out else torch.zeros(0, self.lit.text_spec.feature_dim)
+
+    @torch.inference_mode()
+    def head_embeddings(self, features: torch.Tensor) -> torch.Tensor:
+        """L2-normalised caption embeddings from text tower features (what ``encode_text`` computes after the tower)."""
+        out = []
+        for start in range(0, len(features), self.text_batch_size):
+            chunk = features[start : start + self.text_batch_size].to(self.device)
+            out.append(F.normalize(self.lit.text_head(chunk), dim=-1).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, self.lit.hparams.embed_dim)
 
     def score(self, images: Sequence[Image.Image], texts: Sequence[str]) -> list[float]:
