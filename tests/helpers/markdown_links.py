@@ -14,7 +14,17 @@ from pathlib import Path
 from urllib.parse import unquote
 
 # folders that are not part of the repository's own documents
-SKIP_DIRS = {".git", ".venv", ".venv-vllm", "logs", "outputs", "artifacts", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+SKIP_DIRS = {
+    ".git",
+    ".venv",
+    ".venv-vllm",
+    "logs",
+    "outputs",
+    "artifacts",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+}
 
 _FENCE = re.compile(r"^\s{0,3}(```|~~~)")
 _INLINE_CODE = re.compile(r"(`+)(?:(?!\1).)+?\1", re.S)

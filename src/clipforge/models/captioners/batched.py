@@ -182,7 +182,8 @@ class BatchedCaptioner(abc.ABC):
         if self.model is None:
             log.info("%s: loading %s", self.name, self.model_id)
             self._load(self.device)
-            self.generation_config = self.model.generation_config
+            loaded: Any = self.model  # set by _load
+            self.generation_config = loaded.generation_config
         else:
             self._to(self.device)
 

@@ -165,7 +165,7 @@ class LabelLLMCaptioner(BatchedCaptioner):
         self.model.to(device)
         self.classifier_model.to(device)
 
-    def _random_llm(self) -> torch.nn.Module:
+    def _random_llm(self) -> Any:  # a transformers causal LM
         from transformers import AutoConfig, AutoModelForCausalLM
 
         cfg = dict(self.llm_config or {})
