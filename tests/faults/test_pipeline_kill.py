@@ -28,9 +28,13 @@ def _state(run: Path) -> dict:
         return {}
 
 
-# one row per recap shard: after the first of eight shards the job has seven left, so the kill lands inside it
-# however late the poll below sees the first shard (with four-row shards a loaded machine saw the job finish)
-ONE_ROW_SHARDS = "pipeline.recap.overrides=['debug=tiny_recap_label_llm','data.predict_shard_rows=1']"
+# one row per recap shard and a pause after each (the Throttle callback: outputs unchanged), in the reference run
+# too (the same config): after the first of eight shards the job has seven left and at least 2 s to run, so the kill
+# lands inside it however the machine's load shifts the poll below (unthrottled, an idle machine finished first)
+ONE_ROW_SHARDS = (
+    "pipeline.recap.overrides=['debug=tiny_recap_label_llm','data.predict_shard_rows=1',"
+    "'+callbacks.throttle={_target_:tests.helpers.faults.Throttle,seconds:0.3}']"
+)
 
 
 def _run(source: Path, logs: Path) -> None:
