@@ -20,6 +20,7 @@ from PIL import Image
 
 from clipforge.models.assets import ResolvedAsset, resolve_asset
 from clipforge.models.captioners.batched import BatchedCaptioner, resolve_dtype
+from clipforge.models.captioners.causal_lm import load_causal_lm, load_tokenizer, random_causal_lm
 from clipforge.models.captioners.decoding import Decoding
 from clipforge.models.captioners.hf import render_prompt
 from clipforge.utils.transforms import ImageTransform
@@ -103,7 +104,6 @@ class LabelLLMCaptioner(BatchedCaptioner):
     def _load_classifier_and_tokenizer(self, device: torch.device) -> ResolvedAsset:
         """Load the classifier (on ``device``) and ``self.tokenizer``; returns the LLM's resolved asset."""
         import timm
-        from transformers import AutoTokenizer
 
         from clipforge.models.vision import load_state_dict_file
 
@@ -115,25 +115,12 @@ class LabelLLMCaptioner(BatchedCaptioner):
         if self.classifier_checkpoint:
             load_state_dict_file(net, resolve_asset(self.classifier_checkpoint).path, self.key_mapping)
         self.classifier_model = net.to(device).eval()
-        asset = resolve_asset(self.llm, self.gguf_file)
-        tok = AutoTokenizer.from_pretrained(asset.path, gguf_file=asset.gguf_file)
-        tok.padding_side = "left"
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        self.tokenizer = tok
+        asset, self.tokenizer = load_tokenizer(self.llm, self.gguf_file)
         return asset
 
     def _load(self, device: torch.device) -> None:
-        from transformers import AutoModelForCausalLM
-
         asset = self._load_classifier_and_tokenizer(device)
-        if self.llm_config:
-            model = self._random_llm()
-        else:
-            model = AutoModelForCausalLM.from_pretrained(
-                asset.path, gguf_file=asset.gguf_file, dtype=resolve_dtype(self.dtype)
-            )
-        self.model = model.to(device).eval()
+        self.model = load_causal_lm(asset, self.llm_config, self.tokenizer, self.dtype).to(device)
 
     def _vllm_setup(self, device: torch.device) -> dict:
         from clipforge.models.captioners.vllm_engine import generation_config
@@ -142,7 +129,7 @@ class LabelLLMCaptioner(BatchedCaptioner):
         if self.llm_config:  # vLLM loads folders: the same random LM (seed 0), saved once for this captioner
             path = tempfile.mkdtemp(prefix=f"{self.name}-llm-")
             weakref.finalize(self, shutil.rmtree, path, True)
-            self._random_llm().save_pretrained(path)
+            random_causal_lm(self.llm_config, self.tokenizer, self.dtype).save_pretrained(path)
             self.tokenizer.save_pretrained(path)
         elif asset.gguf_file:
             raise ValueError(
@@ -164,21 +151,6 @@ class LabelLLMCaptioner(BatchedCaptioner):
     def _to(self, device: torch.device) -> None:
         self.model.to(device)
         self.classifier_model.to(device)
-
-    def _random_llm(self) -> Any:  # a transformers causal LM
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        cfg = dict(self.llm_config or {})
-        model_type = cfg.pop("model_type", "llama")
-        tok = self.tokenizer
-        cfg.setdefault("vocab_size", len(tok))
-        cfg.setdefault("eos_token_id", tok.eos_token_id)
-        cfg.setdefault("pad_token_id", tok.pad_token_id)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # the same random model in every run
-            return AutoModelForCausalLM.from_config(
-                AutoConfig.for_model(model_type, **cfg), dtype=resolve_dtype(self.dtype)
-            )
 
     def labels(self, images: Sequence[Image.Image]) -> list[list[tuple[str, float]]]:
         """Top-k ``(class name, probability)`` of each image."""

@@ -36,6 +36,7 @@ from PIL import Image
 
 from clipforge.models.captioners.base import Generation
 from clipforge.models.captioners.batched import BatchedCaptioner, resolve_dtype
+from clipforge.models.captioners.causal_lm import load_causal_lm, load_tokenizer
 from clipforge.models.captioners.decoding import Decoding
 from clipforge.utils.text import first_sentence
 
@@ -219,34 +220,8 @@ class RetrievalCaptioner(BatchedCaptioner):
         return spec
 
     def _load(self, device: torch.device) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from clipforge.models.assets import resolve_asset
-
-        asset = resolve_asset(self.llm, self.gguf_file)
-        tok = AutoTokenizer.from_pretrained(asset.path, gguf_file=asset.gguf_file)
-        tok.padding_side = "left"
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        self.tokenizer = tok
-        if self.llm_config:
-            from transformers import AutoConfig
-
-            cfg = dict(self.llm_config)
-            model_type = cfg.pop("model_type", "llama")
-            cfg.setdefault("vocab_size", len(tok))
-            cfg.setdefault("eos_token_id", tok.eos_token_id)
-            cfg.setdefault("pad_token_id", tok.pad_token_id)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                model = AutoModelForCausalLM.from_config(
-                    AutoConfig.for_model(model_type, **cfg), dtype=resolve_dtype(self.dtype)
-                )
-        else:
-            model = AutoModelForCausalLM.from_pretrained(
-                asset.path, gguf_file=asset.gguf_file, dtype=resolve_dtype(self.dtype)
-            )
-        self.model = model.to(device).eval()
+        asset, self.tokenizer = load_tokenizer(self.llm, self.gguf_file)
+        self.model = load_causal_lm(asset, self.llm_config, self.tokenizer, self.dtype).to(device)
 
     def _to(self, device: torch.device) -> None:
         self.lit.to(device)
