@@ -8,8 +8,6 @@ import math
 import random
 
 import pytest
-from pycocoevalcap.bleu.bleu import Bleu
-from pycocoevalcap.cider.cider import Cider
 
 from clipforge.eval.captions import bleu, caption_metrics, cider_d, tokenize
 from tests.helpers.shared_data import COCO_DEV, require
@@ -47,8 +45,18 @@ def _hypotheses(refs: dict[str, list[str]], seed: int) -> tuple[dict[str, list[s
     return gts, hyps
 
 
+def _coco_caption():
+    """pycocoevalcap's ``Bleu`` and ``Cider``, imported when used: ``make setup`` installs this peer in .venv only
+    (the vLLM environment collects this file too)."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    return Bleu, Cider
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_bleu_and_cider_equal_coco_caption_on_real_captions(coco_refs, seed):
+    Bleu, Cider = _coco_caption()
     gts, hyps = _hypotheses(coco_refs, seed)
     res = {k: [h] for k, h in hyps.items()}
     ref_bleu, ref_bleu_each = Bleu(4).compute_score(gts, res, verbose=0)
@@ -69,6 +77,7 @@ def test_caption_metrics_tokenises_then_scores(coco_refs):
     raw_refs = {k: [r.upper() + " ." for r in coco_refs[k][1:]] for k in keys}
     raw_hyps = {k: coco_refs[k][0].capitalize() + "!" for k in keys}
     got = caption_metrics(raw_refs, raw_hyps)
+    Bleu, Cider = _coco_caption()
     gts, res = {k: coco_refs[k][1:] for k in keys}, {k: [coco_refs[k][0]] for k in keys}
     assert got["BLEU-4"] == pytest.approx(Bleu(4).compute_score(gts, res, verbose=0)[0][3], abs=1e-12)
     assert got["CIDEr"] == pytest.approx(Cider().compute_score(gts, res)[0], abs=1e-12)
