@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -51,3 +52,9 @@ def pipeline_env() -> dict[str, str]:
 
 def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def naive_fold(key: str, k: int) -> int:
+    """Reference of the k-fold rule: sha1 of ``"0:<key>"``, first 8 bytes as a fraction of 2**64, times k."""
+    fraction = int(hashlib.sha1(f"0:{key}".encode()).hexdigest()[:16], 16) / 2**64
+    return min(int(fraction * k), k - 1)

@@ -5,23 +5,16 @@ jobs: tests/unit/test_pipeline_retriever.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import pytest
 
 from clipforge.pipeline.run import run_pipeline
 from clipforge.utils.hydra import compose, job_config
-from tests.helpers.tiny_pipeline import N_IMAGES, read_lines, tiny_overrides, tiny_source
+from tests.helpers.tiny_pipeline import N_IMAGES, naive_fold, read_lines, tiny_overrides, tiny_source
 
 SPLITS = ("fold0", "fold1")
 ARMS = ["recap", "enhanced"]
-
-
-def naive_fold(key: str, k: int) -> int:
-    """Reference of the k-fold rule: sha1 of ``"0:<key>"``, first 8 bytes as a fraction of 2**64, times k."""
-    fraction = int(hashlib.sha1(f"0:{key}".encode()).hexdigest()[:16], 16) / 2**64
-    return min(int(fraction * k), k - 1)
 
 
 @pytest.fixture(scope="module")

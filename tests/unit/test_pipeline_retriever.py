@@ -4,15 +4,13 @@ or retrieves from (asserted on the composed job configs; nothing is run)."""
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 
 from clipforge.data.readers import read_records
 from clipforge.data.specs import as_spec
 from clipforge.pipeline.steps import plan_jobs
 from clipforge.utils.hydra import compose, job_config
-from tests.helpers.tiny_pipeline import N_IMAGES, tiny_overrides, tiny_source
+from tests.helpers.tiny_pipeline import N_IMAGES, naive_fold, tiny_overrides, tiny_source
 
 RETRIEVER = [
     "pipeline.recap.experiment=recap_retrieval",
@@ -20,12 +18,6 @@ RETRIEVER = [
     "pipeline.recap.retriever.experiment=clip_demo",
     "pipeline.recap.retriever.overrides=['debug=tiny_clip']",
 ]
-
-
-def naive_fold(key: str, k: int) -> int:
-    """Reference of the k-fold rule: sha1 of ``"0:<key>"``, first 8 bytes as a fraction of 2**64, times k."""
-    fraction = int(hashlib.sha1(f"0:{key}".encode()).hexdigest()[:16], 16) / 2**64
-    return min(int(fraction * k), k - 1)
 
 
 @pytest.fixture(scope="module")
