@@ -197,14 +197,13 @@ class RetrievalCaptioner(BatchedCaptioner):
         """Load the LiT model and the datastore embeddings (and the LM with ``mode: lm``) on ``device``."""
         self.device = torch.device(device)
         if self.lit is None:
-            log.info("%s: loading %s", self.name, self.model_id)
+            log.info("%s: loading the retriever %s", self.name, self.checkpoint or "(random heads)")
             self.lit = self._load_lit().to(self.device).eval()
             self._load_datastore()
-            if self.mode == "lm":
-                self._load(self.device)
-                self.generation_config = self.model.generation_config
         else:
-            self._to(self.device)
+            self.lit.to(self.device)
+        if self.mode == "lm":
+            super().setup(device)  # the LM: loaded once, moved on later calls
 
     def _load_lit(self) -> Any:
         if self.checkpoint is not None:
@@ -222,11 +221,6 @@ class RetrievalCaptioner(BatchedCaptioner):
     def _load(self, device: torch.device) -> None:
         asset, self.tokenizer = load_tokenizer(self.llm, self.gguf_file)
         self.model = load_causal_lm(asset, self.llm_config, self.tokenizer, self.dtype).to(device)
-
-    def _to(self, device: torch.device) -> None:
-        self.lit.to(device)
-        if self.model is not None:
-            self.model.to(device)
 
     def _read_datastore(self) -> tuple[list[str], list[str]]:
         from clipforge.data.readers import read_records
