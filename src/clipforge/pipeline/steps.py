@@ -197,7 +197,8 @@ def plan_jobs(cfg: DictConfig, run_dir: str) -> Plan:
         return ov
 
     # A retriever per split (pipeline.recap.retriever) makes one recap table per split, and one job per split of
-    # every step that reads a table (`<step>/<split>`); without it one table serves every split (unit None).
+    # every step that reads a table (`<step>/<split>`); without it one table serves every split (unit None). A
+    # retriever needs the recap step, so with `units` of splits there are always recap tables.
     retriever = _step(cfg, "recap").get("retriever") or {} if "recap" in steps else {}
     per_split = bool(retriever.get("experiment"))
     units: list[Split | None] = list(folds) if per_split else [None]
@@ -208,8 +209,11 @@ def plan_jobs(cfg: DictConfig, run_dir: str) -> Plan:
     def folder(base: str, unit: Split | None) -> str:
         return os.path.join(step_dir, base) if unit is None else os.path.join(step_dir, base, unit.name)
 
+    def key(unit: Split | None) -> str | None:
+        return None if unit is None else unit.name
+
     def unit_of(split: Split) -> str | None:
-        return split.name if per_split else None
+        return key(split) if per_split else None
 
     # -- recap: the captioners over every image of the source -> the multi-caption table (one per split with a
     #    retriever: trained on the split's training images, its datastore their captions + the captioner's own) --
@@ -244,8 +248,8 @@ def plan_jobs(cfg: DictConfig, run_dir: str) -> Plan:
             )
             table = os.path.join(job.output_dir, "predictions.jsonl")
             plan.add(job, {"table": table, "summary": os.path.join(job.output_dir, "summary.json")})
-            tables[unit.name if unit else None] = (job.name, table)
-        first_recap = tables[units[0].name if units[0] else None][0]
+            tables[key(unit)] = (job.name, table)
+        first_recap = tables[key(units[0])][0]
         plan.recap_job = first_recap
         plan.retriever = str(retriever.experiment) if per_split else None
         plan.captioners = captioner_names(cfg, next(j for j in plan.jobs if j.name == first_recap))
@@ -291,9 +295,9 @@ def plan_jobs(cfg: DictConfig, run_dir: str) -> Plan:
             plan.add(train, {"export": enhancer})
             plan.enhancer = "trained in pipeline"
             after.append(train.name)
-        for unit in units if tables else [None]:
+        for unit in units:
             if tables:
-                recap_name, table = tables[unit.name if unit else None]
+                recap_name, table = tables[key(unit)]
                 scored_src, score_after = table_spec(table, table_fields), [*after, recap_name]
             else:
                 scored_src, score_after = src, after
@@ -318,7 +322,7 @@ def plan_jobs(cfg: DictConfig, run_dir: str) -> Plan:
                     "report": os.path.join(score.output_dir, "report.json"),
                 },
             )
-            scored[unit.name if unit else None] = (score.name, enhanced)
+            scored[key(unit)] = (score.name, enhanced)
         plan.score_job = next(iter(scored.values()))[0]
 
     zero_shot = src.get("path") == "demo" and bool(cfg.pipeline.eval.get("zero_shot", True))
@@ -348,12 +352,11 @@ def plan_jobs(cfg: DictConfig, run_dir: str) -> Plan:
         embedded: dict[
             str | None, tuple[str, str, list[str], dict]
         ] = {}  # unit -> (encoder, shards, after, final)
-        for unit in units if (scored or tables) else [None]:
-            key = unit.name if unit else None
+        for unit in units:
             if scored:
-                final, upstream = table_spec(scored[key][1]), [scored[key][0]]
+                final, upstream = table_spec(scored[key(unit)][1]), [scored[key(unit)][0]]
             elif tables:
-                final, upstream = table_spec(tables[key][1], table_fields), [tables[key][0]]
+                final, upstream = table_spec(tables[key(unit)][1], table_fields), [tables[key(unit)][0]]
             else:
                 final, upstream = src, []
             encoder = str(node.encoder)
@@ -389,10 +392,10 @@ def plan_jobs(cfg: DictConfig, run_dir: str) -> Plan:
             )
             shards = os.path.join(embed.output_dir, "shards")
             plan.add(embed, {"shards": shards})
-            embedded[key] = (encoder, shards, [*after, embed.name], final)
+            embedded[key(unit)] = (encoder, shards, [*after, embed.name], final)
 
         def llm2clip_inputs(split: Split):
-            encoder, shards, after, final = embedded[unit_of(split) if (scored or tables) else None]
+            encoder, shards, after, final = embedded[unit_of(split)]
             overrides = [
                 *_user_overrides(node.train),
                 override("llm2clip_encoder", encoder),
